@@ -1,0 +1,257 @@
+"""The one place that knows the datasets: Hub ids, splits per language, columns, and local mirrors.
+
+Data come from the Hugging Face Hub by default. Point the plugin at a local mirror (a folder with
+one JSON Lines file per split, ``<root>/<dataset name>/<split>.jsonl``, the layout of the
+workplace's ``shared/data``) with the environment variable ``SAFESPACE_DATA_DIR`` or the task
+metadata key ``data_dir`` (``--metadata '{"data_dir": "/path/to/mirror"}'``); the metadata key
+wins. Both paths return the same rows and go through the same validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonlines
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "SAFESPACE_DATA_DIR"
+DATA_DIR_KEY = "data_dir"
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DATA_DIR_KEY",
+    "DatasetSpec",
+    "DataError",
+    "DataReport",
+    "DATASETS",
+    "TOXICITY",
+    "PARADETOX",
+    "resolve_data_dir",
+    "load_rows",
+    "stratified_order",
+    "toxicity_docs",
+]
+
+
+class DataError(ValueError):
+    """A dataset or mirror problem; the message names the language, the file and the setting to change."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A Hub dataset whose splits are languages."""
+
+    hub_id: str
+    languages: tuple[str, ...]
+    columns: dict[str, type]
+
+    @property
+    def folder(self) -> str:
+        """Folder name of the dataset inside a mirror root."""
+        return self.hub_id.split("/")[-1]
+
+    def check_language(self, language: str) -> None:
+        if language not in self.languages:
+            raise DataError(
+                f"unknown language {language!r} for {self.hub_id}; it has {', '.join(self.languages)}. "
+                "Pick one of those (task names end with the language code)."
+            )
+
+
+TOXICITY = DatasetSpec(
+    hub_id="textdetox/multilingual_toxicity_dataset",
+    languages=("en", "ru", "uk", "de", "es", "am", "zh", "ar", "hi", "it", "fr", "he", "hin", "tt", "ja"),
+    columns={"text": str, "toxic": int},
+)
+PARADETOX = DatasetSpec(
+    hub_id="textdetox/multilingual_paradetox",
+    languages=("en", "ru", "uk", "de", "es", "am", "zh", "ar", "hi"),
+    columns={"toxic_sentence": str, "neutral_sentence": str},
+)
+DATASETS: dict[str, DatasetSpec] = {spec.hub_id: spec for spec in (TOXICITY, PARADETOX)}
+
+
+def spec_for(hub_id: str) -> DatasetSpec:
+    try:
+        return DATASETS[hub_id]
+    except KeyError:
+        raise DataError(f"unknown dataset {hub_id!r}; known: {', '.join(DATASETS)}") from None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The mirror root to read, or None for the Hub: the explicit value, else ``$SAFESPACE_DATA_DIR``."""
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if value is None:
+        return None
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(
+            f"data mirror folder {root} does not exist (set by "
+            f"{'metadata ' + DATA_DIR_KEY if data_dir else '$' + DATA_DIR_ENV}). "
+            "Point it at the folder that holds one sub-folder per dataset, e.g. shared/data."
+        )
+    return root
+
+
+def _read_mirror(spec: DatasetSpec, language: str, root: Path) -> list[dict[str, Any]]:
+    path = root / spec.folder / f"{language}.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"language {language!r} of {spec.hub_id}: mirror file {path} is missing. The mirror root "
+            f"{root} must hold {spec.folder}/{language}.jsonl; fix the file, or unset ${DATA_DIR_ENV} / "
+            f"metadata {DATA_DIR_KEY} to read the Hub."
+        )
+    rows = []
+    try:
+        with jsonlines.open(path) as reader:
+            for lineno, row in enumerate(reader, start=1):
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}.")
+                rows.append(row)
+    except jsonlines.InvalidLineError as err:
+        raise DataError(f"{path}: malformed JSON Lines ({err}). Re-copy the mirror file.") from err
+    return rows
+
+
+def _read_hub(spec: DatasetSpec, language: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.hub_id, split=language)
+    except Exception as err:  # network, auth, missing split: all end the same way for the user
+        raise DataError(
+            f"language {language!r} of {spec.hub_id} could not be loaded from the Hugging Face Hub "
+            f"({type(err).__name__}: {err}). Offline? Point the plugin at a local mirror with "
+            f"{DATA_DIR_ENV}=/path/to/mirror or --metadata '{{\"{DATA_DIR_KEY}\": \"/path/to/mirror\"}}'."
+        ) from err
+    return [dict(r) for r in ds]
+
+
+def _validate(spec: DatasetSpec, language: str, rows: list[dict[str, Any]], source: str) -> None:
+    if not rows:
+        raise DataError(f"language {language!r} of {spec.hub_id} is empty at {source}.")
+    for i, row in enumerate(rows):
+        for col, typ in spec.columns.items():
+            if col not in row:
+                raise DataError(
+                    f"{source}, row {i}: column {col!r} is missing (columns of {spec.hub_id}: "
+                    f"{', '.join(spec.columns)}); the file is not a copy of that dataset."
+                )
+            val = row[col]
+            if typ is int:
+                if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val not in (0, 1):
+                    raise DataError(f"{source}, row {i}: column {col!r} must be 0 or 1, got {val!r}.")
+            elif not isinstance(val, typ):
+                raise DataError(f"{source}, row {i}: column {col!r} must be {typ.__name__}, got {type(val).__name__}.")
+
+
+def load_rows(hub_id: str, language: str, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Rows of one language split, validated, in file order, each with its row index as ``id``."""
+    spec = spec_for(hub_id)
+    spec.check_language(language)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        rows, source = _read_hub(spec, language), f"{spec.hub_id} (Hub) split {language}"
+    else:
+        rows, source = _read_mirror(spec, language, root), str(root / spec.folder / f"{language}.jsonl")
+    _validate(spec, language, rows, source)
+    return [{"id": i, **{c: r[c] for c in spec.columns}} for i, r in enumerate(rows)]
+
+
+def stratified_order(labels: Iterable[int], seed: int) -> np.ndarray:
+    """A seeded permutation in which every prefix holds the classes in their overall proportion.
+
+    Each class is shuffled on its own; its i-th member gets the key (i + 0.5) / n_c and the
+    permutation sorts by key, so the first N docs contain round(N * n_c / n) of class c (within
+    one). ``--limit N`` therefore still gives both classes in balance, whatever the file's order.
+    """
+    labels = np.asarray(list(labels))
+    rng = np.random.default_rng(seed)
+    keys = np.empty(labels.shape[0])
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        shuffled = rng.permutation(members)
+        keys[shuffled] = (np.arange(members.size) + 0.5) / members.size
+    # ties (equal class sizes) alternate by a seeded class order, not by file position
+    tiebreak = rng.permutation(np.unique(labels).size)[np.searchsorted(np.unique(labels), labels)]
+    return np.lexsort((tiebreak, keys))
+
+
+@dataclass
+class DataReport:
+    """What the loader removed and why; written into the results."""
+
+    source: str
+    n_rows: int
+    empty_texts: int = 0
+    conflicting_labels: int = 0
+    duplicate_texts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_excluded(self) -> int:
+        return self.empty_texts + self.conflicting_labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "n_rows": self.n_rows,
+            "empty_texts": self.empty_texts,
+            "conflicting_labels": self.conflicting_labels,
+            "duplicate_texts": self.duplicate_texts,
+            "n_excluded": self.n_excluded,
+        }
+
+
+def toxicity_docs(language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """Docs of the balanced toxicity set for one language, cleaned and in stratified seeded order.
+
+    Each doc is ``{"id", "text", "toxic"}``; ``id`` is the row index in the language's split.
+    Removed (and counted in the report): empty or whitespace-only texts, and texts that occur
+    with both labels (their label is unknowable). Exact duplicates with one label are kept and
+    counted.
+    """
+    rows = load_rows(TOXICITY.hub_id, language, data_dir)
+    root = resolve_data_dir(data_dir)
+    report = DataReport(source=str(root / TOXICITY.folder) if root else TOXICITY.hub_id, n_rows=len(rows))
+    kept = []
+    for r in rows:
+        if not r["text"].strip():
+            report.empty_texts += 1
+            continue
+        kept.append(r)
+    labels_of: dict[str, set[int]] = {}
+    for r in kept:
+        labels_of.setdefault(r["text"], set()).add(r["toxic"])
+    conflicted = {t for t, labs in labels_of.items() if len(labs) > 1}
+    if conflicted:
+        report.conflicting_labels = sum(1 for r in kept if r["text"] in conflicted)
+        kept = [r for r in kept if r["text"] not in conflicted]
+    counts = Counter(r["text"] for r in kept)
+    report.duplicate_texts = sum(c - 1 for c in counts.values() if c > 1)
+    if report.n_excluded:
+        log.warning(
+            "%s/%s: excluded %d empty texts and %d texts labelled both toxic and non-toxic",
+            TOXICITY.hub_id, language, report.empty_texts, report.conflicting_labels,
+        )
+    order = stratified_order([r["toxic"] for r in kept], seed)
+    return [kept[i] for i in order], report
+
+
+DOC_LOADERS = {TOXICITY.hub_id: toxicity_docs}
+
+
+def load_docs(hub_id: str, language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """Docs of one language of a supported dataset (see :data:`DOC_LOADERS`) and the loader's report."""
+    try:
+        loader = DOC_LOADERS[hub_id]
+    except KeyError:
+        raise DataError(f"no doc loader for dataset {hub_id!r}; supported: {', '.join(DOC_LOADERS)}") from None
+    return loader(language, data_dir=data_dir, seed=seed)

@@ -1,0 +1,108 @@
+"""Two small, guarded extensions of lm-eval 0.4.x internals.
+
+1. Standard errors. lm-eval asks ``stderr_for_metric(aggregation, iters)`` for each metric and
+   knows only its own aggregations, so a corpus metric gets "N/A". Our aggregations carry a
+   ``safespace_stderr`` (a stratified bootstrap computed with the metric); the wrapper returns it
+   and defers to lm-eval for everything else. ``--bootstrap_iters 0`` still turns stderr off.
+2. Saved states. ``EvaluationTracker.save_results_aggregated`` decides where the results JSON
+   goes; the wrapper writes each task's states (``safespace_states_<task>_<date>.npz``) and a
+   ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions) into the same
+   folder, with the same date suffix.
+
+Both wrappers are installed once, keep the wrapped function, and do nothing for runs without
+safespace tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_MARK = "_safespace_wrapped"
+
+
+def _install_stderr() -> None:
+    import lm_eval.evaluator_utils as eu
+
+    original = getattr(eu, "stderr_for_metric", None)
+    if original is None:
+        log.warning("lm_eval.evaluator_utils.stderr_for_metric not found: safespace stderr will show as N/A")
+        return
+    if getattr(original, _MARK, False):
+        return
+
+    def stderr_for_metric(metric, bootstrap_iters):
+        own = getattr(metric, "safespace_stderr", None)
+        if own is not None:
+            return own if bootstrap_iters and bootstrap_iters > 0 else None
+        return original(metric=metric, bootstrap_iters=bootstrap_iters)
+
+    setattr(stderr_for_metric, _MARK, True)
+    stderr_for_metric.__wrapped__ = original  # type: ignore[attr-defined]
+    eu.stderr_for_metric = stderr_for_metric
+
+
+def results_folder(tracker) -> Path | None:
+    """The folder in which ``tracker`` wrote (or will write) its results JSON."""
+    if not getattr(tracker, "output_path", None):
+        return None
+    path = Path(tracker.output_path)
+    if path.suffix == ".json":
+        return path.parent
+    return path / str(tracker.general_config_tracker.model_name_sanitized)
+
+
+def write_pending_states(folder: Path, date_id: str | None, task_names, model_info: dict | None = None) -> list[Path]:
+    """Write the states and details of ``task_names`` that the aggregations left pending."""
+    from safespace_tasks.harness.task import PENDING_STATES
+    from safespace_tasks.states import save_states
+
+    written: list[Path] = []
+    details = {}
+    for name in task_names:
+        bundle = PENDING_STATES.pop(name, None)
+        if bundle is None:
+            continue
+        if model_info:
+            bundle.meta["model"] = model_info
+        written.append(save_states(bundle, folder, date_id))
+        details[name] = bundle.meta
+    if details:
+        path = Path(folder) / f"safespace_details{'_' + date_id if date_id else ''}.json"
+        path.write_text(json.dumps(details, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def _install_tracker() -> None:
+    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    original = EvaluationTracker.save_results_aggregated
+    if getattr(original, _MARK, False):
+        return
+
+    def save_results_aggregated(self, results, samples=None):
+        original(self, results, samples)
+        folder = results_folder(self)
+        if folder is None:
+            return
+        try:
+            cfg = self.general_config_tracker
+            model_info = {"model_name": getattr(cfg, "model_name", None), "model_source": getattr(cfg, "model_source", None)}
+            written = write_pending_states(folder, getattr(self, "date_id", None), list(results.get("results", {})), model_info)
+            if written:
+                log.info("safespace: wrote %d state files beside the results in %s", len(written) - 1, folder)
+        except Exception:  # results JSON is already safe; make the failure loud, not fatal
+            log.exception("safespace: could not write the pooled states beside the results in %s", folder)
+
+    setattr(save_results_aggregated, _MARK, True)
+    save_results_aggregated.__wrapped__ = original  # type: ignore[attr-defined]
+    EvaluationTracker.save_results_aggregated = save_results_aggregated
+
+
+def install() -> None:
+    _install_stderr()
+    _install_tracker()

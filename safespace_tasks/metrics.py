@@ -1,0 +1,545 @@
+"""Separation metrics for two classes of hidden states.
+
+Pure functions of ``(X, y)``: numpy and scikit-learn only, no torch and no lm-eval. Every
+function validates its input and raises :class:`SeparationInputError` with a message that
+names the problem and the fix; none returns a number for input it cannot measure.
+
+The quantities follow Verma & Bharadwaj (2025), "The Hidden Space of Safety": per language, X
+holds one pooled hidden state per text (n x d) and y the toxic label (0/1). PCA is fitted on X
+(both classes together, centred, not scaled) and k components are kept (the paper reports
+k = 10); the between-class variance ratio, the Bhattacharyya distance and the silhouette score
+are computed on those k coordinates, and a cross-validated linear probe is scored on the full
+states.
+
+Confidence intervals come from a stratified bootstrap over texts (class sizes held fixed). The
+PCA basis is fitted once on all texts and held fixed across replicates, so the interval measures
+the sampling spread of the metric given the basis; refitting PCA per replicate would cost
+``n_boot`` SVDs of the full states for a change that is negligible when n >> k.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "SeparationInputError",
+    "BhattacharyyaResult",
+    "ProbeResult",
+    "SeparationResult",
+    "validate_states",
+    "pca_project",
+    "between_class_variance_ratio",
+    "bhattacharyya_distance",
+    "gaussian_bhattacharyya",
+    "silhouette",
+    "probe_auroc",
+    "stratified_bootstrap_weights",
+    "separation_metrics",
+]
+
+# Relative ridge added to a covariance that is singular (or numerically so): lambda =
+# RIDGE_SCALE * trace(Sigma_bar) / k. Used only when needed, and always reported.
+RIDGE_SCALE = 1e-6
+# Condition number above which a class covariance counts as singular.
+MAX_CONDITION = 1e12
+
+
+class SeparationInputError(ValueError):
+    """The states or labels cannot be measured as given (the message says why and what to do)."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_states(X: Any, y: Any, *, min_per_class: int = 2, what: str = "states") -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert ``X`` (n x d, finite) and ``y`` (n binary labels, both classes present).
+
+    Returns float64 ``X`` and int ``y`` in {0, 1}.
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2:
+        raise SeparationInputError(f"{what} must be a 2-D array (texts x features); got shape {X.shape}.")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise SeparationInputError(
+            f"labels must be a 1-D array with one label per row of {what}; got {y.shape} for {X.shape[0]} rows."
+        )
+    if not np.issubdtype(X.dtype, np.number):
+        raise SeparationInputError(f"{what} must be numeric; got dtype {X.dtype}.")
+    X = X.astype(np.float64, copy=False)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise SeparationInputError(
+            f"{what} hold NaN or inf in {rows.size} of {X.shape[0]} rows (first rows: {rows[:5].tolist()}). "
+            "This usually means the model overflowed in float16: rerun with dtype=bfloat16 or float32."
+        )
+    labels = np.unique(y)
+    if not np.isin(labels, [0, 1]).all():
+        raise SeparationInputError(f"labels must be 0 (non-toxic) or 1 (toxic); got values {labels.tolist()[:10]}.")
+    y = y.astype(np.int64)
+    counts = np.bincount(y, minlength=2)
+    if (counts < min_per_class).any():
+        raise SeparationInputError(
+            f"separation needs at least {min_per_class} texts of each class; got {counts[0]} non-toxic and "
+            f"{counts[1]} toxic. Use more data (a larger --limit) or a language with both classes."
+        )
+    return X, y
+
+
+def _check_k(n: int, d: int, k: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise SeparationInputError(f"the number of PCA components must be a positive integer; got {k!r}.")
+    if n < k + 2:
+        raise SeparationInputError(
+            f"PCA-{k} separation needs at least k + 2 = {k + 2} texts; got {n}. "
+            "Use a larger --limit or a smaller pca_components."
+        )
+    if k > d:
+        raise SeparationInputError(f"cannot keep {k} PCA components of {d}-dimensional states; set pca_components <= {d}.")
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+def pca_project(X: np.ndarray, k: int, *, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Project ``X`` on its first ``k`` principal components.
+
+    PCA is fitted on all rows together, centred and not scaled (``sklearn.decomposition.PCA``).
+    Returns ``(Z, explained_variance_ratio)`` with ``Z`` of shape (n, k).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    _check_k(n, d, k)
+    pca = PCA(n_components=int(k), svd_solver="auto", random_state=random_state)
+    Z = pca.fit_transform(X)
+    return Z, pca.explained_variance_ratio_
+
+
+# --------------------------------------------------------------------------- metrics on Z
+
+
+def between_class_variance_ratio(Z: np.ndarray, y: np.ndarray) -> float:
+    r"""Between-class share of the total variance, as a fraction in [0, 1].
+
+    .. math::
+        \mathrm{SS}_B = \sum_c n_c \lVert \mu_c - \mu \rVert^2, \quad
+        \mathrm{SS}_W = \sum_i \lVert z_i - \mu_{y_i} \rVert^2, \quad
+        r = \frac{\mathrm{SS}_B}{\mathrm{SS}_B + \mathrm{SS}_W}
+
+    (multiply by 100 for the percentages of the paper).
+    """
+    Z, y = validate_states(Z, y, min_per_class=1, what="projected states")
+    mu = Z.mean(axis=0)
+    ss_b = 0.0
+    ss_w = 0.0
+    for c in (0, 1):
+        Zc = Z[y == c]
+        mu_c = Zc.mean(axis=0)
+        ss_b += Zc.shape[0] * float(np.sum((mu_c - mu) ** 2))
+        ss_w += float(np.sum((Zc - mu_c) ** 2))
+    total = ss_b + ss_w
+    if total <= 0.0:
+        raise SeparationInputError("all states are identical: the variance ratio is undefined (0/0).")
+    return ss_b / total
+
+
+@dataclass(frozen=True)
+class BhattacharyyaResult:
+    """Bhattacharyya distance and the ridge that was added to make it finite (0.0 when none)."""
+
+    distance: float
+    ridge: float
+    mahalanobis_term: float
+    covariance_term: float
+
+
+def gaussian_bhattacharyya(
+    mu0: np.ndarray, cov0: np.ndarray, mu1: np.ndarray, cov1: np.ndarray, *, ridge: float | None = None
+) -> BhattacharyyaResult:
+    r"""Bhattacharyya distance between N(mu0, cov0) and N(mu1, cov1).
+
+    .. math::
+        D_B = \tfrac18 \Delta\mu^\top \bar\Sigma^{-1} \Delta\mu
+              + \tfrac12 \ln \frac{\det \bar\Sigma}{\sqrt{\det \Sigma_0 \det \Sigma_1}},
+        \qquad \bar\Sigma = (\Sigma_0 + \Sigma_1)/2
+
+    Log-determinants use ``slogdet``. ``ridge=None`` adds
+    ``RIDGE_SCALE * trace(Sigma_bar) / k`` to every covariance only when one of them is singular
+    or its condition number exceeds ``MAX_CONDITION``; a float forces that ridge; 0.0 forbids one
+    (a singular covariance then raises). The ridge used is returned.
+    """
+    mu0 = np.atleast_1d(np.asarray(mu0, dtype=np.float64))
+    mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
+    cov0 = np.atleast_2d(np.asarray(cov0, dtype=np.float64))
+    cov1 = np.atleast_2d(np.asarray(cov1, dtype=np.float64))
+    k = mu0.shape[0]
+    if mu1.shape != (k,) or cov0.shape != (k, k) or cov1.shape != (k, k):
+        raise SeparationInputError(
+            f"means and covariances disagree in dimension: {mu0.shape}, {mu1.shape}, {cov0.shape}, {cov1.shape}."
+        )
+    for arr in (mu0, mu1, cov0, cov1):
+        if not np.all(np.isfinite(arr)):
+            raise SeparationInputError("Gaussian parameters hold NaN or inf.")
+    cov_bar = (cov0 + cov1) / 2.0
+
+    def _needs_ridge() -> bool:
+        for cov in (cov0, cov1, cov_bar):
+            eig = np.linalg.eigvalsh(cov)
+            if eig[0] <= 0.0 or eig[-1] / eig[0] > MAX_CONDITION:
+                return True
+        return False
+
+    if ridge is None:
+        lam = RIDGE_SCALE * float(np.trace(cov_bar)) / k if _needs_ridge() else 0.0
+        if lam == 0.0 and _needs_ridge():  # trace 0: every state identical within classes
+            raise SeparationInputError("both class covariances are zero: the Bhattacharyya distance is undefined.")
+    else:
+        lam = float(ridge)
+        if lam < 0.0:
+            raise SeparationInputError(f"ridge must be >= 0; got {ridge}.")
+    eye = np.eye(k)
+    c0, c1, cb = cov0 + lam * eye, cov1 + lam * eye, cov_bar + lam * eye
+    signs_logdets = [np.linalg.slogdet(c) for c in (c0, c1, cb)]
+    if any(s <= 0 for s, _ in signs_logdets):
+        raise SeparationInputError(
+            "a class covariance is singular and no ridge was allowed (ridge=0.0): pass ridge=None for the "
+            "automatic, reported ridge, or use more texts per class than PCA components."
+        )
+    (_, ld0), (_, ld1), (_, ldb) = signs_logdets
+    dmu = mu1 - mu0
+    maha = float(dmu @ np.linalg.solve(cb, dmu)) / 8.0
+    covt = float(0.5 * (ldb - 0.5 * (ld0 + ld1)))
+    return BhattacharyyaResult(distance=maha + covt, ridge=lam, mahalanobis_term=maha, covariance_term=covt)
+
+
+def bhattacharyya_distance(Z: np.ndarray, y: np.ndarray, *, ridge: float | None = None) -> BhattacharyyaResult:
+    """Bhattacharyya distance between Gaussian fits (sample mean, unbiased covariance) of the two classes of ``Z``.
+
+    See :func:`gaussian_bhattacharyya` for the formula and the ridge policy.
+    """
+    Z, y = validate_states(Z, y, min_per_class=2, what="projected states")
+    Z0, Z1 = Z[y == 0], Z[y == 1]
+    cov0 = np.atleast_2d(np.cov(Z0, rowvar=False))
+    cov1 = np.atleast_2d(np.cov(Z1, rowvar=False))
+    return gaussian_bhattacharyya(Z0.mean(axis=0), cov0, Z1.mean(axis=0), cov1, ridge=ridge)
+
+
+def silhouette(Z: np.ndarray, y: np.ndarray, *, chunk_rows: int = 2048) -> float:
+    r"""Mean silhouette coefficient of ``Z`` with clusters given by ``y`` (Euclidean distance).
+
+    For text i in class c: a(i) = mean distance to the other members of c, b(i) = mean distance
+    to the members of the other class, s(i) = (b - a) / max(a, b); the score is the mean of s(i)
+    (Rousseeuw 1987; the same value as ``sklearn.metrics.silhouette_score``). Computed in row
+    chunks, so memory stays at ``chunk_rows x n``.
+    """
+    Z, y = validate_states(Z, y, min_per_class=1, what="projected states")
+    w = np.ones((Z.shape[0], 1))
+    return float(_weighted_silhouette(Z, y, w, chunk_rows=chunk_rows)[0])
+
+
+def _pairwise_rows(Z: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
+    D2 = sq[rows, None] + sq[None, :] - 2.0 * (Z[rows] @ Z.T)
+    np.maximum(D2, 0.0, out=D2)
+    return np.sqrt(D2)
+
+
+def _weighted_silhouette(Z: np.ndarray, y: np.ndarray, W: np.ndarray, *, chunk_rows: int = 2048) -> np.ndarray:
+    """Silhouette score for each column of the replicate weights ``W`` (n x B counts).
+
+    A weight w_i is the number of copies of text i in a bootstrap resample; copies sit at
+    distance 0 from each other, so a(i) = sum_{j in c} w_j d_ij / (W_c - 1) and
+    b(i) = sum_{j not in c} w_j d_ij / W_other, exactly as the silhouette of the resample.
+    """
+    n, B = W.shape
+    sq = np.einsum("ij,ij->i", Z, Z)
+    own = np.zeros((n, B))
+    other = np.zeros((n, B))
+    masks = [(y == c) for c in (0, 1)]
+    for start in range(0, n, chunk_rows):
+        rows = slice(start, min(n, start + chunk_rows))
+        D = _pairwise_rows(Z, rows, sq)
+        # exact zero on the diagonal (the expansion above leaves rounding noise)
+        idx = np.arange(rows.start, rows.stop)
+        D[idx - rows.start, idx] = 0.0
+        s0 = D[:, masks[0]] @ W[masks[0]]
+        s1 = D[:, masks[1]] @ W[masks[1]]
+        yr = y[rows][:, None]
+        own[rows] = np.where(yr == 0, s0, s1)
+        other[rows] = np.where(yr == 0, s1, s0)
+    wc = np.stack([W[masks[0]].sum(axis=0), W[masks[1]].sum(axis=0)])  # 2 x B
+    w_own = wc[y]  # n x B
+    w_other = wc[1 - y]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = own / (w_own - 1.0)
+        b = other / w_other
+        s = (b - a) / np.maximum(a, b)
+    # singleton clusters score 0 (Rousseeuw's convention, as scikit-learn); 0/0 from identical points too
+    s = np.where((w_own <= 1.0) | ~np.isfinite(s), 0.0, s)
+    return (W * s).sum(axis=0) / W.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Cross-validated linear-probe AUROC with its out-of-fold decision scores."""
+
+    auroc: float
+    oof_scores: np.ndarray
+    n_splits: int
+    grouped: bool
+    not_converged: int
+
+
+def probe_auroc(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    n_splits: int = 5,
+    C: float = 1.0,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> ProbeResult:
+    """AUROC of an L2-regularised logistic-regression probe, cross-validated.
+
+    Features are standardised inside each training fold. Folds are stratified by label; with
+    ``groups`` (e.g. the pair id of a toxic sentence and its rewrite) they are also grouped, so
+    members of one group never sit in train and test at once. The AUROC is computed on the
+    pooled out-of-fold decision scores. Folds whose solver hit ``max_iter`` are counted in
+    ``not_converged``.
+    """
+    X, y = validate_states(X, y, min_per_class=2)
+    counts = np.bincount(y, minlength=2)
+    splits = int(min(n_splits, counts.min()))
+    if splits < 2:
+        raise SeparationInputError("the probe needs at least 2 texts of each class for 2-fold cross-validation.")
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape[0] != X.shape[0]:
+            raise SeparationInputError("groups must hold one id per text.")
+        n_groups = np.unique(groups).size
+        splits = int(min(splits, n_groups))
+        if splits < 2:
+            raise SeparationInputError("the grouped probe needs at least 2 groups.")
+        cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+        fold_iter = cv.split(X, y, groups)
+    else:
+        cv = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+        fold_iter = cv.split(X, y)
+    oof = np.full(X.shape[0], np.nan)
+    not_converged = 0
+    for train, test in fold_iter:
+        if np.unique(y[train]).size < 2:
+            raise SeparationInputError("a cross-validation fold holds one class only; use more texts per class.")
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(X[train], y[train])
+        not_converged += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        oof[test] = model.decision_function(X[test])
+    return ProbeResult(
+        auroc=float(roc_auc_score(y, oof)),
+        oof_scores=oof,
+        n_splits=splits,
+        grouped=groups is not None,
+        not_converged=not_converged,
+    )
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def stratified_bootstrap_weights(y: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Replicate weights (n x n_boot): how many times each text is drawn in each resample.
+
+    Texts are drawn with replacement within their class, so every resample keeps the class sizes.
+    With ``groups`` whole groups are drawn instead (texts of a group move together), stratified
+    by the group's first label.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    n = y.shape[0]
+    W = np.zeros((n, n_boot))
+    if groups is None:
+        for c in (0, 1):
+            members = np.flatnonzero(y == c)
+            draws = rng.integers(0, members.size, size=(n_boot, members.size))
+            for b in range(n_boot):
+                W[:, b] += np.bincount(members[draws[b]], minlength=n)
+        return W
+    groups = np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    first_label = np.zeros(uniq.size, dtype=np.int64)
+    first_label[inverse[::-1]] = y[::-1]
+    for c in np.unique(first_label):
+        gmembers = np.flatnonzero(first_label == c)
+        draws = rng.integers(0, gmembers.size, size=(n_boot, gmembers.size))
+        for b in range(n_boot):
+            gcount = np.bincount(gmembers[draws[b]], minlength=uniq.size)
+            W[:, b] += gcount[inverse]
+    return W
+
+
+def _weighted_bcv(Z: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", Z, Z)
+    tot_w = W.sum(axis=0)
+    tot_s1 = W.T @ Z  # B x k
+    mu = tot_s1 / tot_w[:, None]
+    ss_b = np.zeros(W.shape[1])
+    ss_w = np.zeros(W.shape[1])
+    for c in (0, 1):
+        m = y == c
+        wc = W[m].sum(axis=0)
+        s1 = W[m].T @ Z[m]
+        s2 = W[m].T @ sq[m]
+        mu_c = s1 / wc[:, None]
+        ss_b += wc * np.sum((mu_c - mu) ** 2, axis=1)
+        ss_w += s2 - wc * np.sum(mu_c**2, axis=1)
+    return ss_b / (ss_b + ss_w)
+
+
+def _weighted_bhattacharyya(Z: np.ndarray, y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
+    k = Z.shape[1]
+    eye = np.eye(k)
+    mus, covs = [], []
+    for c in (0, 1):
+        m = y == c
+        Zc, Wc = Z[m], W[m]
+        wc = Wc.sum(axis=0)
+        mu = (Wc.T @ Zc) / wc[:, None]  # B x k
+        second = np.einsum("nb,ni,nj->bij", Wc, Zc, Zc)
+        cov = (second - wc[:, None, None] * np.einsum("bi,bj->bij", mu, mu)) / (wc - 1.0)[:, None, None]
+        mus.append(mu)
+        covs.append(cov + ridge * eye)
+    cov_bar = (covs[0] + covs[1]) / 2.0
+    dmu = mus[1] - mus[0]
+    maha = np.einsum("bi,bi->b", dmu, np.linalg.solve(cov_bar, dmu[..., None])[..., 0]) / 8.0
+    _, ld0 = np.linalg.slogdet(covs[0])
+    _, ld1 = np.linalg.slogdet(covs[1])
+    _, ldb = np.linalg.slogdet(cov_bar)
+    return maha + 0.5 * (ldb - 0.5 * (ld0 + ld1))
+
+
+def _weighted_auroc(y: np.ndarray, scores: np.ndarray, W: np.ndarray) -> np.ndarray:
+    return np.array([roc_auc_score(y, scores, sample_weight=W[:, b]) for b in range(W.shape[1])])
+
+
+# --------------------------------------------------------------------------- all together
+
+
+@dataclass
+class SeparationResult:
+    """All separation metrics of one language (and one layer), with bootstrap spread.
+
+    ``values`` maps metric name to point estimate; ``stderr`` to the bootstrap standard deviation;
+    ``ci`` to the percentile interval (``ci_level``). ``diagnostics`` records the choices that
+    shaped the numbers: the PCA variance kept, the ridge, class sizes, probe folds.
+    """
+
+    values: dict[str, float]
+    stderr: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    ci_level: float
+    n_boot: int
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    projection: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": dict(self.values),
+            "stderr": dict(self.stderr),
+            "ci": {k: list(v) for k, v in self.ci.items()},
+            "ci_level": self.ci_level,
+            "n_boot": self.n_boot,
+            "diagnostics": dict(self.diagnostics),
+        }
+
+
+METRIC_NAMES = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
+
+
+def separation_metrics(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    k: int = 10,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+    ridge: float | None = None,
+    probe: bool = True,
+    probe_folds: int = 5,
+) -> SeparationResult:
+    """Between-class variance ratio, Bhattacharyya distance and silhouette on PCA-``k`` of ``X``,
+    and the cross-validated probe AUROC on ``X`` itself, each with a stratified-bootstrap
+    standard error and percentile interval (``n_boot`` replicates; 0 skips the bootstrap).
+
+    ``groups`` ties texts together (pairs): the probe's folds and the bootstrap keep a group whole.
+    """
+    X, y = validate_states(X, y, min_per_class=2)
+    n, d = X.shape
+    _check_k(n, d, k)
+    Z, evr = pca_project(X, k, random_state=seed)
+    bhat = bhattacharyya_distance(Z, y, ridge=ridge)
+    values = {
+        "bcv_ratio": between_class_variance_ratio(Z, y),
+        "bhattacharyya": bhat.distance,
+        "silhouette": silhouette(Z, y),
+    }
+    counts = np.bincount(y, minlength=2)
+    diagnostics: dict[str, Any] = {
+        "n": int(n),
+        "n_nontoxic": int(counts[0]),
+        "n_toxic": int(counts[1]),
+        "dim": int(d),
+        "pca_components": int(k),
+        "pca_explained_variance": float(np.sum(evr)),
+        "bhattacharyya_ridge": bhat.ridge,
+        "bhattacharyya_mahalanobis_term": bhat.mahalanobis_term,
+        "bhattacharyya_covariance_term": bhat.covariance_term,
+        "bcv_ratio_unit": "fraction",
+    }
+    probe_res = None
+    if probe:
+        probe_res = probe_auroc(X, y, groups=groups, n_splits=probe_folds, seed=seed)
+        values["probe_auroc"] = probe_res.auroc
+        diagnostics.update(
+            probe_folds=probe_res.n_splits, probe_grouped=probe_res.grouped, probe_not_converged=probe_res.not_converged
+        )
+    stderr: dict[str, float] = {}
+    ci: dict[str, tuple[float, float]] = {}
+    if n_boot and n_boot > 1:
+        W = stratified_bootstrap_weights(y, int(n_boot), seed + 1, groups=groups)
+        reps = {
+            "bcv_ratio": _weighted_bcv(Z, y, W),
+            "bhattacharyya": _weighted_bhattacharyya(Z, y, W, bhat.ridge),
+            "silhouette": _weighted_silhouette(Z, y, W),
+        }
+        if probe_res is not None:
+            reps["probe_auroc"] = _weighted_auroc(y, probe_res.oof_scores, W)
+        alpha = (1.0 - ci_level) / 2.0
+        for name, r in reps.items():
+            r = r[np.isfinite(r)]
+            stderr[name] = float(np.std(r, ddof=1)) if r.size > 1 else float("nan")
+            lo, hi = np.quantile(r, [alpha, 1.0 - alpha]) if r.size else (np.nan, np.nan)
+            ci[name] = (float(lo), float(hi))
+        diagnostics["bootstrap"] = "stratified by class" if groups is None else "stratified, whole groups"
+    return SeparationResult(
+        values=values, stderr=stderr, ci=ci, ci_level=ci_level, n_boot=int(n_boot or 0),
+        diagnostics=diagnostics, projection=Z,
+    )
