@@ -1,0 +1,182 @@
+"""End to end through lm-eval on a tiny random model: the drop-in CLI, the stock CLI, the Python API."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, silhouette_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from safespace_tasks.data import TOXICITY
+from safespace_tasks.states import load_states
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(script: str, args: list[str], env_extra: dict | None = None, cwd: Path | None = None) -> str:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    proc = subprocess.run([str(BIN / script), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=1800)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout
+
+
+def results_of(out_dir: Path) -> tuple[dict, Path]:
+    files = glob.glob(str(out_dir / "*" / "results_*.json"))
+    assert len(files) == 1, files
+    return json.loads(Path(files[0]).read_text()), Path(files[0]).parent
+
+
+@pytest.fixture(scope="module")
+def dropin_run(tiny_model, mirror, tmp_path_factory):
+    """safespace-eval over every safespace task family, mirror from the environment."""
+    out = tmp_path_factory.mktemp("dropin")
+    stdout = run_cli(
+        "safespace-eval",
+        ["--model", "hf", "--model_args", f"pretrained={tiny_model},dtype=float32", "--device", "cpu",
+         "--tasks", "safespace_toxicity", "--limit", "40", "--batch_size", "8", "--output_path", str(out),
+         "--log_samples", "--metadata", json.dumps({"bootstrap_iters": 50})],
+        env_extra={"SAFESPACE_DATA_DIR": str(mirror)},
+        cwd=out,
+    )
+    results, folder = results_of(out)
+    return stdout, results, folder
+
+
+def test_dropin_prints_one_row_per_language_and_a_family_row(dropin_run):
+    stdout, results, _ = dropin_run
+    for lang in TOXICITY.languages:
+        row = results["results"][f"safespace-toxicity-{lang}"]
+        assert row["alias"] == lang and row["sample_len"] == 40
+        for metric in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
+            assert np.isfinite(row[f"{metric},none"])
+            assert isinstance(row[f"{metric}_stderr,none"], float) and row[f"{metric}_stderr,none"] > 0
+        assert 0.0 <= row["bcv_ratio,none"] <= 1.0 and -1 <= row["silhouette,none"] <= 1
+        assert f"| - {lang} " in stdout
+    group = results["results"]["safespace_toxicity"]
+    mean = np.mean([results["results"][f"safespace-toxicity-{l}"]["bcv_ratio,none"] for l in TOXICITY.languages])
+    assert group["bcv_ratio,none"] == pytest.approx(mean)
+    assert isinstance(group["bcv_ratio_stderr,none"], float)
+    assert "|safespace_toxicity|" in stdout.replace(" ", "")
+
+
+def test_saved_states_reproduce_the_reported_metrics(dropin_run):
+    _, results, folder = dropin_run
+    for lang in ("en", "am", "zh"):
+        task = f"safespace-toxicity-{lang}"
+        files = glob.glob(str(folder / f"safespace_states_{task}_*.npz"))
+        assert len(files) == 1
+        b = load_states(files[0])
+        row = results["results"][task]
+        assert b.states.shape[0] == 40 and b.states.dtype == np.float32 and list(b.layers) == [2]
+        assert sorted(b.labels.tolist()) == [0] * 20 + [1] * 20
+        X, y = b.states[:, 0].astype(np.float64), b.labels
+        Z = PCA(n_components=10).fit_transform(X)
+        mu = Z.mean(0)
+        ssb = sum((y == c).sum() * np.sum((Z[y == c].mean(0) - mu) ** 2) for c in (0, 1))
+        ssw = sum(np.sum((Z[y == c] - Z[y == c].mean(0)) ** 2) for c in (0, 1))
+        assert row["bcv_ratio,none"] == pytest.approx(ssb / (ssb + ssw), rel=1e-6)
+        assert row["silhouette,none"] == pytest.approx(silhouette_score(Z, y), rel=1e-6)
+        c0, c1 = np.cov(Z[y == 0].T), np.cov(Z[y == 1].T)
+        d = Z[y == 1].mean(0) - Z[y == 0].mean(0)
+        cb = (c0 + c1) / 2
+        ridge = b.meta["metrics_by_layer"]["2"]["diagnostics"]["bhattacharyya_ridge"]
+        cb, c0, c1 = (c + ridge * np.eye(10) for c in (cb, c0, c1))
+        bd = d @ np.linalg.solve(cb, d) / 8 + 0.5 * (np.linalg.slogdet(cb)[1] - 0.5 * (np.linalg.slogdet(c0)[1] + np.linalg.slogdet(c1)[1]))
+        assert row["bhattacharyya,none"] == pytest.approx(bd, rel=1e-6)
+        cv = StratifiedKFold(5, shuffle=True, random_state=1234)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        scores = cross_val_predict(probe, X, y, cv=cv, method="decision_function")
+        assert row["probe_auroc,none"] == pytest.approx(roc_auc_score(y, scores), rel=1e-6)
+        # ids point back at the language's rows in the mirror
+        assert len(set(b.ids.tolist())) == 40 and b.meta["language"] == lang
+
+
+def test_log_samples_hold_no_raw_vectors(dropin_run):
+    _, _, folder = dropin_run
+    sample_files = glob.glob(str(folder / "samples_safespace-toxicity-en_*.jsonl"))
+    assert sample_files
+    lines = Path(sample_files[0]).read_text().splitlines()
+    assert len(lines) == 40
+    for line in lines:
+        assert len(line) < 4000
+        rec = json.loads(line)
+        assert rec["filtered_resps"][0].startswith("HiddenState(")
+
+
+def test_details_file_carries_intervals_and_data_exclusions(dropin_run):
+    _, results, folder = dropin_run
+    details = json.loads(next(folder.glob("safespace_details_*.json")).read_text())
+    ja = details["safespace-toxicity-ja"]
+    assert ja["data"]["conflicting_labels"] == results["results"]["safespace-toxicity-ja"]["n_excluded,none"] > 0
+    layer = ja["metrics_by_layer"]["2"]
+    lo, hi = layer["ci"]["bcv_ratio"]
+    assert lo <= hi and layer["n_boot"] == 50
+
+
+def test_stock_lm_eval_with_include_path_and_auto_batch(tiny_model, mirror, tmp_path):
+    include = run_cli("safespace", ["include-path"]).strip()
+    assert Path(include, "toxicity", "_safespace_toxicity.yaml").is_file()
+    stdout = run_cli(
+        "lm_eval",
+        ["--model", "hf", "--model_args", f"pretrained={tiny_model},dtype=float32", "--device", "cpu",
+         "--include_path", include, "--tasks", "safespace-toxicity-en,safespace-toxicity-am", "--limit", "24",
+         "--batch_size", "auto", "--output_path", str(tmp_path), "--metadata", json.dumps({"data_dir": str(mirror)})],
+        env_extra={"SAFESPACE_DATA_DIR": ""},
+        cwd=tmp_path,
+    )
+    results, folder = results_of(tmp_path)
+    assert set(results["results"]) == {"safespace-toxicity-en", "safespace-toxicity-am"}
+    assert results["results"]["safespace-toxicity-am"]["n_truncated,none"] > 0  # 128-token model, long Amharic texts
+    assert len(list(folder.glob("safespace_states_*.npz"))) == 2
+    rows = [line.split("|")[1].strip() for line in stdout.splitlines() if line.startswith("|")]
+    assert "en" in rows and "am" in rows  # standalone tasks print under their alias
+
+
+def test_glob_selects_each_task_once(mirror, monkeypatch):
+    from safespace_tasks import task_manager
+
+    monkeypatch.setenv("SAFESPACE_DATA_DIR", str(mirror))
+    tm = task_manager()
+    names = tm.match_tasks(["safespace_*"])
+    assert "safespace_toxicity" in names
+    assert not any(n.startswith("safespace-toxicity-") for n in names)
+    loaded = tm.load(names)  # raises "Duplicate task" if the glob caught a group and its subtasks
+    assert {f"safespace-toxicity-{l}" for l in TOXICITY.languages} <= set(loaded["tasks"])
+
+
+def test_python_api_with_chat_template_counts_truncation(tiny_model, mirror, tmp_path):
+    import lm_eval
+    from transformers import AutoTokenizer
+
+    from safespace_tasks import task_manager
+
+    meta = {"data_dir": str(mirror), "bootstrap_iters": 0, "save_states_dir": str(tmp_path), "layers": [-1, 1]}
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_model},dtype=float32", device="cpu", batch_size=4,
+        tasks=["safespace-toxicity-am"], limit=16, apply_chat_template=True, log_samples=True,
+        task_manager=task_manager(metadata=meta), metadata=meta,
+    )
+    row = out["results"]["safespace-toxicity-am"]
+    assert row["bcv_ratio_stderr,none"] == "N/A"  # bootstrap_iters 0: no interval claimed
+    assert "bcv_ratio_layer1,none" in row
+    sample = out["samples"]["safespace-toxicity-am"][0]
+    prompt = sample["arguments"][0][0]
+    assert prompt.startswith("<|user|>") and prompt.endswith("<|assistant|>")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompts = [s["arguments"][0][0] for s in out["samples"]["safespace-toxicity-am"]]
+    longer = sum(len(tok(p)["input_ids"]) > 128 for p in prompts)
+    assert row["n_truncated,none"] == longer > 0
+    b = load_states(next(tmp_path.glob("safespace_states_safespace-toxicity-am*.npz")))
+    assert list(b.layers) == [2, 1] and b.states.shape == (16, 2, 32)

@@ -1,0 +1,169 @@
+"""Pure metrics against closed forms, scikit-learn, explicit resamples, and on degenerate input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, silhouette_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from safespace_tasks import metrics as M
+
+
+def closed_form_bhattacharyya(mu0, cov0, mu1, cov1):
+    cov = (cov0 + cov1) / 2
+    d = mu1 - mu0
+    return d @ np.linalg.solve(cov, d) / 8 + 0.5 * np.log(
+        np.linalg.det(cov) / np.sqrt(np.linalg.det(cov0) * np.linalg.det(cov1))
+    )
+
+
+def planted(n_per_class=10_000, k=10, seed=0):
+    rng = np.random.default_rng(seed)
+    mu0 = np.zeros(k)
+    mu1 = np.linspace(0.2, 0.8, k)
+    a = rng.normal(size=(k, k)) / np.sqrt(k)
+    cov0 = np.eye(k) + 0.3 * a @ a.T
+    b = rng.normal(size=(k, k)) / np.sqrt(k)
+    cov1 = 1.5 * np.eye(k) + 0.5 * b @ b.T
+    X = np.vstack([rng.multivariate_normal(mu0, cov0, n_per_class), rng.multivariate_normal(mu1, cov1, n_per_class)])
+    y = np.r_[np.zeros(n_per_class, int), np.ones(n_per_class, int)]
+    return X, y, (mu0, cov0, mu1, cov1)
+
+
+def test_bhattacharyya_recovers_planted_gaussians_within_2_percent():
+    X, y, params = planted()
+    truth = closed_form_bhattacharyya(*params)
+    # PCA-10 of 10-dimensional data is a rotation: the distance is unchanged
+    Z, evr = M.pca_project(X, 10)
+    assert evr.sum() == pytest.approx(1.0)
+    got = M.bhattacharyya_distance(Z, y)
+    assert got.ridge == 0.0
+    assert got.distance == pytest.approx(truth, rel=0.02)
+    assert got.distance == pytest.approx(got.mahalanobis_term + got.covariance_term)
+
+
+def test_gaussian_bhattacharyya_equals_closed_form_exactly():
+    _, _, params = planted(n_per_class=10)
+    assert M.gaussian_bhattacharyya(*params).distance == pytest.approx(closed_form_bhattacharyya(*params), rel=1e-12)
+    # identical Gaussians are at distance zero
+    mu0, cov0, _, _ = params
+    assert M.gaussian_bhattacharyya(mu0, cov0, mu0, cov0).distance == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bcv_ratio_matches_population_value_and_direct_sums():
+    X, y, (mu0, cov0, mu1, cov1) = planted()
+    between = 0.25 * np.sum((mu1 - mu0) ** 2)
+    within = 0.5 * (np.trace(cov0) + np.trace(cov1))
+    assert M.between_class_variance_ratio(X, y) == pytest.approx(between / (between + within), rel=0.02)
+    # direct definition on a small sample
+    rng = np.random.default_rng(3)
+    Z = rng.normal(size=(37, 4))
+    lab = rng.integers(0, 2, 37)
+    mu = Z.mean(0)
+    ssb = sum((lab == c).sum() * np.sum((Z[lab == c].mean(0) - mu) ** 2) for c in (0, 1))
+    ssw = sum(np.sum((Z[lab == c] - Z[lab == c].mean(0)) ** 2) for c in (0, 1))
+    assert M.between_class_variance_ratio(Z, lab) == pytest.approx(ssb / (ssb + ssw), rel=1e-12)
+
+
+def test_silhouette_equals_scikit_learn():
+    rng = np.random.default_rng(1)
+    Z = np.vstack([rng.normal(0, 1, (150, 3)), rng.normal(1.0, 1.3, (90, 3))])
+    y = np.r_[np.zeros(150, int), np.ones(90, int)]
+    assert M.silhouette(Z, y, chunk_rows=17) == pytest.approx(silhouette_score(Z, y), rel=1e-10)
+
+
+def test_probe_auroc_matches_independent_cross_validation():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 30))
+    y = (X[:, 0] + 0.8 * rng.normal(size=200) > 0).astype(int)
+    res = M.probe_auroc(X, y, n_splits=5, seed=7)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    cv = StratifiedKFold(5, shuffle=True, random_state=7)
+    scores = cross_val_predict(model, X, y, cv=cv, method="decision_function")
+    assert res.auroc == pytest.approx(roc_auc_score(y, scores), rel=1e-9)
+    assert 0.75 < res.auroc < 1.0
+    # labels independent of the states: chance
+    noise = M.probe_auroc(X, rng.integers(0, 2, 200), seed=0)
+    assert abs(noise.auroc - 0.5) < 0.15
+
+
+def test_grouped_probe_never_splits_a_group():
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(60), 2)
+    y = np.tile([1, 0], 60)
+    X = rng.normal(size=(120, 8)) + y[:, None] * 0.5
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    for train, test in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(X, y, groups):
+        assert not set(groups[train]) & set(groups[test])
+    res = M.probe_auroc(X, y, groups=groups, seed=0)
+    assert res.grouped and res.auroc > 0.6
+
+
+def test_weighted_metrics_equal_metrics_of_the_explicit_resample():
+    rng = np.random.default_rng(5)
+    Z = np.vstack([rng.normal(0, 1, (60, 4)), rng.normal(0.7, 1.2, (40, 4))])
+    y = np.r_[np.zeros(60, int), np.ones(40, int)]
+    W = M.stratified_bootstrap_weights(y, 4, seed=9)
+    assert (W[y == 0].sum(0) == 60).all() and (W[y == 1].sum(0) == 40).all()
+    for b in range(4):
+        idx = np.repeat(np.arange(100), W[:, b].astype(int))
+        assert M._weighted_bcv(Z, y, W[:, [b]])[0] == pytest.approx(M.between_class_variance_ratio(Z[idx], y[idx]))
+        assert M._weighted_silhouette(Z, y, W[:, [b]])[0] == pytest.approx(silhouette_score(Z[idx], y[idx]))
+        assert M._weighted_bhattacharyya(Z, y, W[:, [b]], 0.0)[0] == pytest.approx(
+            M.bhattacharyya_distance(Z[idx], y[idx], ridge=0.0).distance
+        )
+
+
+def test_grouped_bootstrap_moves_groups_whole():
+    y = np.tile([1, 0], 30)
+    groups = np.repeat(np.arange(30), 2)
+    W = M.stratified_bootstrap_weights(y, 5, seed=1, groups=groups)
+    assert np.array_equal(W[0::2], W[1::2])
+    assert (W.sum(0) == 60).all()
+
+
+def test_separation_metrics_reports_values_stderr_and_intervals():
+    X, y, params = planted(n_per_class=1000, k=10)
+    X = np.hstack([X, np.random.default_rng(0).normal(size=(2000, 20))])
+    res = M.separation_metrics(X, y, k=10, n_boot=50, seed=0)
+    assert set(res.values) == set(M.METRIC_NAMES)
+    for name in M.METRIC_NAMES:
+        lo, hi = res.ci[name]
+        assert lo <= res.values[name] <= hi or abs(res.values[name] - lo) < 3 * res.stderr[name]
+        assert res.stderr[name] > 0
+    assert res.diagnostics["n_toxic"] == 1000 and res.diagnostics["pca_components"] == 10
+    assert res.projection.shape == (2000, 10)
+
+
+@pytest.mark.parametrize(
+    "X,y,match",
+    [
+        (np.ones((20, 5)), np.zeros(20, int), "each class"),
+        (np.random.default_rng(0).normal(size=(6, 20)), np.tile([0, 1], 3), "k \\+ 2"),
+        (np.r_[np.full((1, 12), np.nan), np.zeros((19, 12))], np.tile([0, 1], 10), "float16"),
+        (np.zeros((20, 12)), np.tile([0, 2], 10), "0 \\(non-toxic\\) or 1"),
+    ],
+)
+def test_degenerate_inputs_raise_clear_errors(X, y, match):
+    with pytest.raises(M.SeparationInputError, match=match):
+        M.separation_metrics(X, y, k=5, n_boot=0)
+
+
+def test_singular_covariance_gets_an_explicit_reported_ridge():
+    rng = np.random.default_rng(6)
+    Z0 = rng.normal(size=(50, 6))
+    Z1 = np.zeros((50, 6))
+    Z1[:, :2] = rng.normal(size=(50, 2)) + 1.0  # class 1 lives in a 2-D subspace
+    Z = np.vstack([Z0, Z1])
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    res = M.bhattacharyya_distance(Z, y)
+    assert res.ridge > 0 and np.isfinite(res.distance)
+    with pytest.raises(M.SeparationInputError, match="singular"):
+        M.bhattacharyya_distance(Z, y, ridge=0.0)
+    full = M.separation_metrics(np.hstack([Z, np.zeros((100, 4))]), y, k=6, n_boot=10)
+    assert full.diagnostics["bhattacharyya_ridge"] > 0
