@@ -37,6 +37,9 @@ __all__ = [
     "load_rows",
     "stratified_order",
     "toxicity_docs",
+    "paradetox_pairs",
+    "paradetox_texts",
+    "load_docs",
 ]
 
 
@@ -192,12 +195,13 @@ class DataReport:
     n_rows: int
     empty_texts: int = 0
     conflicting_labels: int = 0
+    identical_pairs: int = 0
     duplicate_texts: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
     def n_excluded(self) -> int:
-        return self.empty_texts + self.conflicting_labels
+        return self.empty_texts + self.conflicting_labels + self.identical_pairs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +209,7 @@ class DataReport:
             "n_rows": self.n_rows,
             "empty_texts": self.empty_texts,
             "conflicting_labels": self.conflicting_labels,
+            "identical_pairs": self.identical_pairs,
             "duplicate_texts": self.duplicate_texts,
             "n_excluded": self.n_excluded,
         }
@@ -245,13 +250,69 @@ def toxicity_docs(language: str, *, data_dir: str | None = None, seed: int = 123
     return [kept[i] for i in order], report
 
 
-DOC_LOADERS = {TOXICITY.hub_id: toxicity_docs}
+def _clean_pairs(language: str, data_dir: str | None) -> tuple[list[dict], DataReport]:
+    rows = load_rows(PARADETOX.hub_id, language, data_dir)
+    root = resolve_data_dir(data_dir)
+    report = DataReport(source=str(root / PARADETOX.folder) if root else PARADETOX.hub_id, n_rows=len(rows))
+    kept = []
+    for r in rows:
+        tox, neu = r["toxic_sentence"].strip(), r["neutral_sentence"].strip()
+        if not tox or not neu:
+            report.empty_texts += 1
+        elif tox == neu:
+            report.identical_pairs += 1
+        else:
+            kept.append(r)
+    if report.n_excluded:
+        log.warning(
+            "%s/%s: excluded %d pairs with an empty member and %d pairs whose members are identical",
+            PARADETOX.hub_id, language, report.empty_texts, report.identical_pairs,
+        )
+    return kept, report
 
 
-def load_docs(hub_id: str, language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+def paradetox_pairs(language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """Pairs of ``textdetox/multilingual_paradetox`` (toxic sentence and its human detoxification).
+
+    Each doc is ``{"id", "toxic_sentence", "neutral_sentence"}`` (``id`` = row in the split), in a
+    seeded order. Removed and counted: pairs with an empty member, and pairs whose members are
+    identical (nothing was detoxified, so the pair says nothing).
+    """
+    kept, report = _clean_pairs(language, data_dir)
+    order = np.random.default_rng(seed).permutation(len(kept))
+    return [kept[i] for i in order], report
+
+
+def paradetox_texts(language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """The pairs of :func:`paradetox_pairs` as single texts, the two members of a pair adjacent.
+
+    Each doc is ``{"id", "pair_id", "text", "toxic"}`` with ``id = 2 * pair_id + toxic`` (unique) and
+    ``pair_id`` the pair's row in the split. Because members sit side by side, ``--limit N`` takes
+    N // 2 whole pairs (an odd N leaves one member alone, which the metrics set aside and count).
+    """
+    pairs, report = paradetox_pairs(language, data_dir=data_dir, seed=seed)
+    docs = []
+    for p in pairs:
+        for toxic, col in ((1, "toxic_sentence"), (0, "neutral_sentence")):
+            docs.append({"id": 2 * p["id"] + toxic, "pair_id": p["id"], "text": p[col], "toxic": toxic})
+    return docs, report
+
+
+# (hub id, layout) -> loader; layout "texts" gives one text per doc, "pairs" one pair per doc
+DOC_LOADERS = {
+    (TOXICITY.hub_id, "texts"): toxicity_docs,
+    (PARADETOX.hub_id, "texts"): paradetox_texts,
+    (PARADETOX.hub_id, "pairs"): paradetox_pairs,
+}
+
+
+def load_docs(
+    hub_id: str, language: str, *, data_dir: str | None = None, seed: int = 1234, layout: str = "texts"
+) -> tuple[list[dict], DataReport]:
     """Docs of one language of a supported dataset (see :data:`DOC_LOADERS`) and the loader's report."""
     try:
-        loader = DOC_LOADERS[hub_id]
+        loader = DOC_LOADERS[(hub_id, layout)]
     except KeyError:
-        raise DataError(f"no doc loader for dataset {hub_id!r}; supported: {', '.join(DOC_LOADERS)}") from None
+        known = ", ".join(f"{h} ({l})" for h, l in DOC_LOADERS)
+        raise DataError(f"no doc loader for dataset {hub_id!r} with layout {layout!r}; supported: {known}") from None
     return loader(language, data_dir=data_dir, seed=seed)

@@ -543,3 +543,121 @@ def separation_metrics(
         values=values, stderr=stderr, ci=ci, ci_level=ci_level, n_boot=int(n_boot or 0),
         diagnostics=diagnostics, projection=Z,
     )
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+@dataclass(frozen=True)
+class PairShiftResult:
+    """Cross-fitted paired shift and pair ordering accuracy, with bootstrap spread over pairs."""
+
+    shift: float
+    order_accuracy: float
+    per_pair_shift: np.ndarray
+    stderr: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    n_pairs: int
+    n_splits: int
+
+
+def pair_index(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of the toxic and of the neutral member of each pair (pairs in sorted id order).
+
+    Every group must hold exactly one text of each class.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    uniq, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    tox = np.full(uniq.size, -1)
+    neu = np.full(uniq.size, -1)
+    tox[inverse[y == 1]] = np.flatnonzero(y == 1)
+    neu[inverse[y == 0]] = np.flatnonzero(y == 0)
+    bad = (counts != 2) | (tox < 0) | (neu < 0)
+    if bad.any():
+        raise SeparationInputError(
+            f"{int(bad.sum())} pairs do not hold exactly one toxic and one neutral text (e.g. pair ids "
+            f"{uniq[bad][:5].tolist()}); drop incomplete pairs before measuring."
+        )
+    return tox, neu
+
+
+def paired_shift(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_splits: int = 5,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+) -> PairShiftResult:
+    r"""How far, and how consistently, each toxic text sits from its neutral rewrite along the
+    language's toxic-minus-neutral direction.
+
+    Pairs are split into ``n_splits`` folds. For each fold, the direction
+    :math:`w = \bar\delta / \lVert\bar\delta\rVert` is the mean displacement
+    :math:`\delta_i = x^{tox}_i - x^{neu}_i` of the *other* folds' pairs (cross-fitting: no pair
+    defines its own direction), and :math:`s = \sqrt{(\mathrm{var}\,p_{tox} + \mathrm{var}\,p_{neu})/2}`
+    is the pooled within-class standard deviation of the projections :math:`p = x \cdot w` of the
+    other folds' texts. Each held-out pair gets the standardised shift :math:`d_i = \delta_i \cdot w / s`.
+
+    - paired shift = mean of :math:`d_i` (in within-class SDs; 0 = no systematic displacement);
+    - pair ordering accuracy = fraction of pairs with :math:`\delta_i \cdot w > 0` (ties count ½).
+
+    Standard errors and percentile intervals come from a bootstrap over pairs (``n_boot``).
+    """
+    X, y = validate_states(X, y, min_per_class=2)
+    tox, neu = pair_index(y, groups)
+    n_pairs = tox.size
+    splits = int(min(n_splits, n_pairs // 2))
+    if splits < 2:
+        raise SeparationInputError(
+            f"the paired shift needs at least 4 pairs (2 folds of 2); got {n_pairs}. Use a larger --limit."
+        )
+    delta = X[tox] - X[neu]
+    rng = np.random.default_rng(seed)
+    fold_of = rng.permutation(np.arange(n_pairs) % splits)
+    d = np.empty(n_pairs)
+    raw = np.empty(n_pairs)
+    for f in range(splits):
+        test = fold_of == f
+        train = ~test
+        mean_delta = delta[train].mean(axis=0)
+        norm = float(np.linalg.norm(mean_delta))
+        if norm == 0.0:
+            raise SeparationInputError("the toxic and neutral members coincide on average: no direction to project on.")
+        w = mean_delta / norm
+        p_tox = X[tox[train]] @ w
+        p_neu = X[neu[train]] @ w
+        sd = float(np.sqrt((np.var(p_tox, ddof=1) + np.var(p_neu, ddof=1)) / 2.0))
+        if not sd > 0.0:
+            raise SeparationInputError("the projections have zero within-class spread: the paired shift is undefined.")
+        raw[test] = delta[test] @ w
+        d[test] = raw[test] / sd
+    order = np.where(raw > 0, 1.0, np.where(raw < 0, 0.0, 0.5))
+    stderr: dict[str, float] = {}
+    ci: dict[str, tuple[float, float]] = {}
+    if n_boot and n_boot > 1:
+        idx = np.random.default_rng(seed + 1).integers(0, n_pairs, size=(int(n_boot), n_pairs))
+        alpha = (1.0 - ci_level) / 2.0
+        for name, per_pair in (("paired_shift", d), ("pair_order_acc", order)):
+            reps = per_pair[idx].mean(axis=1)
+            stderr[name] = float(np.std(reps, ddof=1))
+            lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
+            ci[name] = (float(lo), float(hi))
+    return PairShiftResult(
+        shift=float(d.mean()), order_accuracy=float(order.mean()), per_pair_shift=d,
+        stderr=stderr, ci=ci, n_pairs=int(n_pairs), n_splits=splits,
+    )
+
+
+def preference_rate(neutral_scores: np.ndarray, toxic_scores: np.ndarray) -> float:
+    """Fraction of pairs whose neutral member scores higher than its toxic member (ties count ½)."""
+    a = np.asarray(neutral_scores, dtype=np.float64)
+    b = np.asarray(toxic_scores, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise SeparationInputError("preference needs two equally long, non-empty 1-D score arrays (one per pair).")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise SeparationInputError("log-likelihoods hold NaN or inf; check the model's dtype (fp16 overflow).")
+    return float(np.mean(np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))))

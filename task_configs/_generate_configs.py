@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safespace_tasks.data import TOXICITY
+from safespace_tasks.data import PARADETOX, TOXICITY
 
 HERE = Path(__file__).resolve().parent
 
 # family folder -> (template file, dataset spec, group name, per-language task prefix, metrics averaged by the group)
 SEPARATION_METRICS = ["bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"]
+PAIR_METRICS = SEPARATION_METRICS + ["paired_shift", "pair_order_acc"]
 FAMILIES = {
     "toxicity": ("_toxicity_template_yaml", TOXICITY, "safespace_toxicity", "safespace-toxicity", SEPARATION_METRICS),
+    "paradetox": ("_paradetox_template_yaml", PARADETOX, "safespace_paradetox", "safespace-paradetox", PAIR_METRICS),
+    "detoxpref": (
+        "_detoxpref_template_yaml", PARADETOX, "safespace_detoxpref", "safespace-detoxpref",
+        ["likelihood_preference", "likelihood_preference_raw"],
+    ),
 }
 
 

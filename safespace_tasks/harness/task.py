@@ -26,12 +26,15 @@ from lm_eval.api.task import ConfigurableTask
 from safespace_tasks import data as data_mod
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.model import REQUEST_TYPE, normalize_options
-from safespace_tasks.metrics import METRIC_NAMES, SeparationInputError, separation_metrics
+from safespace_tasks.metrics import METRIC_NAMES, SeparationInputError, SeparationResult, separation_metrics
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-HIGHER_IS_BETTER = {"bcv_ratio": True, "bhattacharyya": True, "silhouette": True, "probe_auroc": True}
+HIGHER_IS_BETTER = {
+    "bcv_ratio": True, "bhattacharyya": True, "silhouette": True, "probe_auroc": True,
+    "paired_shift": True, "pair_order_acc": True,
+}
 COUNT_METRICS = ("n_truncated", "n_excluded")
 
 # Task name -> states bundle of the latest aggregation, waiting to be written beside the results.
@@ -194,13 +197,14 @@ class HiddenSpaceTask(ConfigurableTask):
     text_field = "text"
     label_field = "toxic"
     group_field: str | None = None
+    metric_names: tuple[str, ...] = METRIC_NAMES
 
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
         cfg = dict(config or {})
         cfg.pop("class", None)
         cfg.pop("output_type", None)
         self.settings = SeparationSettings.from_metadata(cfg.get("metadata"))
-        self._separation_metrics = [m + s for s in self.settings.metric_suffixes() for m in METRIC_NAMES]
+        self._separation_metrics = [m + s for s in self.settings.metric_suffixes() for m in self.metric_names]
         self._aggregators: dict[str, Callable] = {m: _Aggregator(self, m) for m in self._separation_metrics}
         self._aggregators["n_truncated"] = _sum_items
         self._aggregators["n_excluded"] = self._excluded
@@ -253,7 +257,7 @@ class HiddenSpaceTask(ConfigurableTask):
         item = StateItem(doc["id"], doc[self.label_field], state, group)
         out: dict[str, Any] = {m: item for m in self._separation_metrics}
         out["n_truncated"] = int(state.truncated)
-        out["n_excluded"] = 0
+        out["n_excluded"] = item
         return out
 
     def aggregation(self) -> dict[str, Callable]:
@@ -267,8 +271,10 @@ class HiddenSpaceTask(ConfigurableTask):
         base = metric.split("_layer")[0]
         return HIGHER_IS_BETTER.get(base, False)
 
-    def _excluded(self, items: list[int]) -> int:
-        return self.data_report.n_excluded if self.data_report else 0
+    def _excluded(self, items: list[StateItem]) -> int:
+        """Texts the loader dropped plus texts the analysis set aside (both reported in the details)."""
+        loader = self.data_report.n_excluded if self.data_report else 0
+        return loader + int(self.analyse(items).details.get("n_set_aside", 0))
 
     # ------------------------------------------------------------------ metrics
 
@@ -296,29 +302,21 @@ class HiddenSpaceTask(ConfigurableTask):
         labels = np.array([it.label for it in unique], dtype=np.int64)
         ids = np.array([it.key for it in unique], dtype=np.int64)
         groups = np.array([it.group for it in unique], dtype=np.int64)
+        truncated = np.array([it.state.truncated for it in unique], dtype=bool)
+        keep, set_aside = self.select_texts(states, labels, groups)
         s = self.settings
         analysis = TaskAnalysis()
         per_layer: dict[str, Any] = {}
         for j, suffix in enumerate(s.metric_suffixes()):
             try:
-                res = separation_metrics(
-                    states[:, j],
-                    labels,
-                    k=s.pca_components,
-                    n_boot=s.bootstrap_iters,
-                    ci_level=s.ci_level,
-                    seed=s.seed,
-                    groups=groups if self.group_field else None,
-                    ridge=s.ridge,
-                    probe_folds=s.probe_folds,
-                )
+                res = self.layer_metrics(states[keep, j], labels[keep], groups[keep])
             except SeparationInputError as err:
                 message = f"{task} (layer {s.layers[j]}): {err}"
                 if s.strict:
                     raise SeparationInputError(message) from err
                 log.error("%s -> its metrics are reported as NaN", message)
                 analysis.error = message
-                for m in METRIC_NAMES:
+                for m in self.metric_names:
                     analysis.values[m + suffix] = float("nan")
                 per_layer[str(int(layers[j]))] = {"error": message}
                 continue
@@ -332,7 +330,6 @@ class HiddenSpaceTask(ConfigurableTask):
                     "%s: a class covariance on PCA-%d is singular; Bhattacharyya used ridge %.3g (reported)",
                     task, s.pca_components, res.diagnostics["bhattacharyya_ridge"],
                 )
-        n_truncated = int(sum(it.state.truncated for it in unique))
         analysis.details = {
             "task": task,
             "dataset": self.config.dataset_path,
@@ -340,13 +337,15 @@ class HiddenSpaceTask(ConfigurableTask):
             "settings": asdict(s),
             "layers": [int(x) for x in layers],
             "metrics_by_layer": per_layer,
-            "n_texts": int(len(unique)),
-            "n_truncated": n_truncated,
+            "n_texts": int(keep.sum()),
+            "n_truncated": int(truncated.sum()),
             "duplicate_items_dropped": int(duplicates),
+            "set_aside": set_aside,
+            "n_set_aside": int(sum(set_aside.values())),
             "data": self.data_report.to_dict() if self.data_report else None,
         }
         bundle = StatesBundle(
-            task=task, states=states, labels=labels, ids=ids, groups=groups,
+            task=task, states=states[keep], labels=labels[keep], ids=ids[keep], groups=groups[keep],
             layers=np.array(layers, dtype=np.int64), meta=dict(analysis.details),
         )
         PENDING_STATES[task] = bundle
@@ -354,6 +353,20 @@ class HiddenSpaceTask(ConfigurableTask):
             path = save_states(bundle, os.path.expanduser(s.save_states_dir))
             log.info("%s: saved states to %s", task, path)
         return analysis
+
+    # hooks for families with more structure (pairs)
+
+    def select_texts(self, states: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+        """Mask of the texts to measure, and counts of those set aside by reason (none here)."""
+        return np.ones(labels.shape[0], dtype=bool), {}
+
+    def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> SeparationResult:
+        """Metrics of one layer's states."""
+        s = self.settings
+        return separation_metrics(
+            X, y, k=s.pca_components, n_boot=s.bootstrap_iters, ci_level=s.ci_level, seed=s.seed,
+            groups=groups if self.group_field else None, ridge=s.ridge, probe_folds=s.probe_folds,
+        )
 
 
 def _sum_items(items: list[int]) -> int:
