@@ -44,3 +44,11 @@ def tiny_model(tmp_path_factory, sample_texts) -> Path:
     from tiny_model import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", sample_texts, max_position_embeddings=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_long(tmp_path_factory, sample_texts) -> Path:
+    """Like ``tiny_model`` with a 1,024-token context, for tasks whose texts must not be cut."""
+    from tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_long") / "llama", sample_texts, max_position_embeddings=1024)

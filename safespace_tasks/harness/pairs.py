@@ -6,8 +6,8 @@ held fixed and only toxicity changes.
 - :class:`ParaDetoxTask` (hidden states): both members go through the same ``pooled_hidden_states``
   path; the separation metrics run with pairs kept together (probe folds and bootstrap), plus the
   pair-only metrics of :func:`safespace_tasks.metrics.paired_shift`.
-- :class:`LikelihoodPreferenceTask` (behaviour): the harness's own ``loglikelihood_rolling``
-  requests score both members; the metric is how often the model finds the polite rewrite more
+- :class:`LikelihoodPreferenceTask` (behaviour): the harness's own ``loglikelihood`` requests
+  score both members (each as a continuation of an empty context); the metric is how often the model finds the polite rewrite more
   likely than the toxic original. Works on any backend that scores text, hidden states or not.
 """
 
@@ -69,7 +69,10 @@ class ParaDetoxTask(HiddenSpaceTask):
 class LikelihoodPreferenceTask(ConfigurableTask):
     """Fraction of pairs whose polite rewrite the model finds more likely than the toxic original.
 
-    Two ``loglikelihood_rolling`` requests per pair (toxic, neutral). Log-likelihoods are compared
+    Two ``loglikelihood`` requests per pair, each sentence a continuation of the empty context, so
+    the harness scores every token of it after the model's prefix (BOS) token exactly once (a
+    ``loglikelihood_rolling`` request would also score the BOS that tokenizers such as Llama's add
+    themselves, a constant that skews length-normalised comparisons). Log-likelihoods are compared
     per UTF-8 byte of the sentence (``likelihood_preference``): the harness returns sums without token
     counts on every backend, and bytes are tokenizer-independent, so the number compares across
     models. ``likelihood_preference_raw`` compares the unnormalised sums. Both are means of a per-pair
@@ -81,7 +84,7 @@ class LikelihoodPreferenceTask(ConfigurableTask):
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
         cfg = dict(config or {})
         cfg.pop("class", None)
-        cfg["output_type"] = "loglikelihood_rolling"
+        cfg["output_type"] = "loglikelihood"
         meta = dict(cfg.get("metadata") or {})
         self._data_dir = meta.get("data_dir")
         self._seed = int(meta.get("seed", 1234))
@@ -107,7 +110,7 @@ class LikelihoodPreferenceTask(ConfigurableTask):
     def construct_requests(self, doc: dict, ctx: str, **kwargs) -> list[Instance]:
         meta = kwargs.get("metadata", (self.config.task, None, 1))
         return [
-            Instance(request_type="loglikelihood_rolling", doc=doc, arguments=(doc[col],), idx=i, metadata=meta)
+            Instance(request_type="loglikelihood", doc=doc, arguments=("", doc[col]), idx=i, metadata=meta)
             for i, col in enumerate(("toxic_sentence", "neutral_sentence"))
         ]
 
