@@ -52,6 +52,7 @@ class HiddenState:
     layers: tuple[int, ...]
     n_tokens: int
     truncated: bool
+    cached: bool = False
 
     def __repr__(self) -> str:
         return (

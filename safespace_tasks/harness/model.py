@@ -9,6 +9,7 @@ absent, gives every other backend a method that fails with a clear message, and 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -20,6 +21,7 @@ from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
 from safespace_tasks.capture import CaptureError, HiddenState, capture_pooled, find_decoder_parts, pad_batch, resolve_layers
+from safespace_tasks.state_cache import StateCache, digest
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "pooling": "last",
     "truncation_side": "left",
     "padding_side": "left",
+    "state_cache": None,  # folder of the resumable state cache (off when None)
 }
+FINGERPRINT_KEY = "__safespace_model_fingerprint__"
 
 
 def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
@@ -49,6 +53,54 @@ def normalize_options(options: dict[str, Any] | None) -> dict[str, Any]:
     if opts["padding_side"] not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right'; got {opts['padding_side']!r}.")
     return opts
+
+
+def model_fingerprint(lm: LM) -> dict[str, Any]:
+    """What identifies the model behind ``lm``: enough that two different models never match."""
+    model = getattr(lm, "model", None)
+    info: dict[str, Any] = {"backend": type(lm).__name__}
+    if isinstance(model, torch.nn.Module):
+        config = getattr(model, "config", None)
+        info.update(
+            model_class=type(model).__name__,
+            name_or_path=getattr(config, "_name_or_path", None),
+            revision=getattr(lm, "revision", None),
+            dtype=str(getattr(model, "dtype", None)),
+            n_params=int(sum(p.numel() for p in model.parameters())),
+        )
+        sample = hashlib.sha256()
+        for param in (model.get_input_embeddings().weight, next(reversed(list(model.parameters())))):
+            sample.update(param.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        info["weights_sample"] = sample.hexdigest()[:16]
+    tok = getattr(lm, "tokenizer", None)
+    if tok is not None:
+        info.update(tokenizer=getattr(tok, "name_or_path", None), vocab=len(tok), add_bos_token=getattr(lm, "add_bos_token", None))
+    if model is None:
+        info["model_args"] = {k: str(v) for k, v in vars(lm).items() if isinstance(v, (str, int, float))}
+    return info
+
+
+def check_response_cache(lm: LM) -> None:
+    """Refuse an lm-eval ``--use_cache`` database written by another model.
+
+    lm-eval keys its response cache by request only, so a database shared between two models
+    would serve the first model's answers to the second. The first model to use a database
+    leaves its fingerprint in it; any other model is stopped with a message.
+    """
+    dbdict = getattr(getattr(lm, "cache_hook", None), "dbdict", None)
+    if dbdict is None:
+        return
+    mine = digest(model_fingerprint(lm))
+    theirs = dbdict.get(FINGERPRINT_KEY)
+    if theirs is None:
+        dbdict[FINGERPRINT_KEY] = mine
+        dbdict.commit()
+    elif theirs != mine:
+        raise RuntimeError(
+            f"the --use_cache database {getattr(dbdict, 'filename', '')} holds responses of another model; lm-eval "
+            "keys that cache by request only, so it would serve that model's answers to this one. Give each model "
+            "its own --use_cache path."
+        )
 
 
 def _pad_id(lm: HFLM) -> int:
@@ -102,13 +154,34 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
         parts = find_decoder_parts(self.model)
     except CaptureError as err:
         raise CaptureError(f"{err} Model: {type(self.model).__name__}.") from err
+    check_response_cache(self)
     max_len = int(self.max_length)
     items = []
+    results: list[HiddenState | None] = [None] * len(requests)
+    caches: dict[str, StateCache] = {}
     for index, req in enumerate(requests):
         text, options = req.args
         opts = normalize_options(options)
-        resolve_layers(opts["layers"], parts.n_layers)  # fail before any forward pass
+        layers = resolve_layers(opts["layers"], parts.n_layers)  # fail before any forward pass
+        cache_key = None
+        if opts["state_cache"]:
+            folder = str(opts["state_cache"])
+            if folder not in caches:
+                caches[folder] = StateCache(folder, model_fingerprint(self))
+            settings = {k: v for k, v in opts.items() if k != "state_cache"} | {"layers": layers, "max_length": max_len}
+            cache_key = StateCache.key(text, settings)
+        items.append((index, text, opts, cache_key))
+    hits: dict[str, tuple] = {}
+    for folder, cache in caches.items():
+        hits.update(cache.get_many(it[3] for it in items if it[3] and it[2]["state_cache"] == folder))
+    todo = []
+    for index, text, opts, cache_key in items:
+        if cache_key is not None and cache_key in hits:
+            vec, layers, n_tokens, truncated = hits[cache_key]
+            results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True)
+            continue
         toks = self.tok_encode(text)
+        req = requests[index]
         if not toks:
             raise ValueError(
                 f"{req.task_name} doc {req.doc_id}: the text is empty after tokenization; remove empty texts "
@@ -117,34 +190,37 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
         truncated = len(toks) > max_len
         if truncated:
             toks = toks[-max_len:] if opts["truncation_side"] == "left" else toks[:max_len]
-        items.append((index, toks, opts, truncated))
+        todo.append((index, toks, opts, truncated, cache_key))
+    if caches:
+        log.info("pooled_hidden_states: %d of %d texts from the state cache", len(requests) - len(todo), len(requests))
 
-    collator = Collator(
-        items,
-        sort_fn=lambda x: (-len(x[1]), x[0]),
-        group_fn=lambda x: x[2],
-        group_by="gen_kwargs",
-    )
-    results: list[HiddenState] = []
-    pbar = tqdm(total=len(items), disable=disable_tqdm or self.rank != 0, desc="Running pooled_hidden_states requests")
-    batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
-    # Collator yields each options group longest-first; an auto batch size is found per group
-    # from its first (longest) texts and reused for the rest, which are shorter.
-    for group_items in _groups(collator):
-        opts = group_items[0][2]
-        size = batch_size or _detect_batch_size(self, parts, group_items[0][1], opts)
-        for start in range(0, len(group_items), size):
-            chunk = group_items[start : start + size]
-            ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
-            vecs = capture_pooled(self.model, ids, mask, opts["layers"], opts["pooling"], parts, self.mixed_precision_dtype)
+    pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running pooled_hidden_states requests")
+    pbar.update(len(requests) - len(todo))
+    if todo:
+        collator = Collator(todo, sort_fn=lambda x: (-len(x[1]), x[0]), group_fn=lambda x: x[2], group_by="gen_kwargs")
+        batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
+        # Collator yields each options group longest-first; an auto batch size is found per group
+        # from its first (longest) texts and reused for the rest, which are shorter.
+        for group_items in _groups(collator):
+            opts = group_items[0][2]
             layers = resolve_layers(opts["layers"], parts.n_layers)
-            for (index, toks, _, truncated), vec in zip(chunk, vecs):
-                state = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated)
-                self.cache_hook.add_partial(REQUEST_TYPE, requests[index].args, state)
-                results.append(state)
-            pbar.update(len(chunk))
+            size = batch_size or _detect_batch_size(self, parts, group_items[0][1], opts)
+            for start in range(0, len(group_items), size):
+                chunk = group_items[start : start + size]
+                ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
+                vecs = capture_pooled(self.model, ids, mask, layers, opts["pooling"], parts, self.mixed_precision_dtype)
+                fresh = []
+                for (index, toks, _, truncated, cache_key), vec in zip(chunk, vecs):
+                    results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated)
+                    if cache_key is not None:
+                        fresh.append((cache_key, vec, layers, len(toks), truncated))
+                if fresh:  # committed per batch: a killed run resumes from here
+                    caches[str(opts["state_cache"])].put_many(fresh)
+                pbar.update(len(chunk))
     pbar.close()
-    return collator.get_original(results)
+    for cache in caches.values():
+        cache.close()
+    return results  # type: ignore[return-value]
 
 
 def _groups(collator: Collator):
@@ -163,9 +239,27 @@ def _unsupported(self: LM, requests, *args, **kwargs):
 
 @register_model("safespace-hf")
 class SafespaceHFLM(HFLM):
-    """``hf`` with the hidden-state request type built in (same arguments as ``--model hf``)."""
+    """``hf`` with the hidden-state request type built in (same arguments as ``--model hf``).
+
+    One addition: data parallelism without GPUs. The stock backend shards documents across
+    ``accelerate launch`` processes only when it sees several GPUs; on CPU every process then
+    evaluates everything. This class shards on CPU too (gloo), so
+    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N safespace-eval --model safespace-hf ...``
+    splits the texts and rank 0 aggregates them once.
+    """
 
     pooled_hidden_states = pooled_hidden_states
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self._world_size == 1:
+            if accelerator.device.type != "cpu":
+                return  # GPU data parallelism is the stock backend's business
+            self._device = accelerator.device
+            self._rank = accelerator.process_index
+            self._world_size = accelerator.num_processes
+            log.info("safespace-hf: CPU data parallel, rank %d of %d", self._rank, self._world_size)
 
 
 def install() -> None:

@@ -1,4 +1,4 @@
-"""Two small, guarded extensions of lm-eval 0.4.x internals.
+"""Three small, guarded extensions of lm-eval 0.4.x internals.
 
 1. Standard errors. lm-eval asks ``stderr_for_metric(aggregation, iters)`` for each metric and
    knows only its own aggregations, so a corpus metric gets "N/A". Our aggregations carry a
@@ -9,7 +9,11 @@
    ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions) into the same
    folder, with the same date suffix.
 
-Both wrappers are installed once, keep the wrapped function, and do nothing for runs without
+3. A shared ``--use_cache``. lm-eval keys its response cache by request only; the wrapper of
+   ``CachingLM.__init__`` stamps the database with the model's fingerprint and refuses another
+   model (see :func:`safespace_tasks.harness.model.check_response_cache`).
+
+The wrappers are installed once, keep the wrapped function, and do nothing for runs without
 safespace tasks.
 """
 
@@ -103,6 +107,26 @@ def _install_tracker() -> None:
     EvaluationTracker.save_results_aggregated = save_results_aggregated
 
 
+def _install_cache_guard() -> None:
+    """Check lm-eval's ``--use_cache`` database against the model as soon as it is opened."""
+    from lm_eval.api.model import CachingLM
+
+    original = CachingLM.__init__
+    if getattr(original, _MARK, False):
+        return
+
+    def __init__(self, lm, cache_db):
+        original(self, lm, cache_db)
+        from safespace_tasks.harness.model import check_response_cache
+
+        check_response_cache(lm)
+
+    setattr(__init__, _MARK, True)
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    CachingLM.__init__ = __init__
+
+
 def install() -> None:
     _install_stderr()
     _install_tracker()
+    _install_cache_guard()

@@ -12,6 +12,7 @@ results JSON.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -60,6 +61,8 @@ class SeparationSettings:
     strict: raise on a language whose metrics cannot be computed instead of reporting NaN.
     save_states_dir: also write the states here (the results folder gets them with --output_path).
     data_dir: local mirror root (else ``$SAFESPACE_DATA_DIR``, else the Hub).
+    state_cache: folder of a resumable cache of computed states (one file per model; a restarted
+        run computes only what is missing). Off by default.
     """
 
     layers: tuple[int, ...] = (-1,)
@@ -75,6 +78,7 @@ class SeparationSettings:
     strict: bool = False
     save_states_dir: str | None = None
     data_dir: str | None = None
+    state_cache: str | None = None
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any] | None) -> "SeparationSettings":
@@ -121,6 +125,7 @@ class SeparationSettings:
             "pooling": self.pooling,
             "truncation_side": self.truncation_side,
             "padding_side": self.padding_side,
+            "state_cache": str(os.path.expanduser(self.state_cache)) if self.state_cache else None,
         }
 
     def metric_suffixes(self) -> list[str]:
@@ -134,14 +139,17 @@ class StateItem:
     Pickles whole (data-parallel ranks gather it), prints short (``--log_samples``).
     """
 
-    __slots__ = ("uid", "key", "label", "group", "state")
+    __slots__ = ("uid", "key", "label", "group", "state", "order")
 
-    def __init__(self, key: int, label: int, state: HiddenState, group: int = -1) -> None:
+    def __init__(self, key: int, label: int, state: HiddenState, group: int = -1, text: str = "") -> None:
         self.uid = uuid.uuid4().hex
         self.key = int(key)
         self.label = int(label)
         self.group = int(group)
         self.state = state
+        # canonical position: a hash of the content, so neither document order, file order nor
+        # data-parallel sharding changes which texts land in which probe fold or bootstrap draw
+        self.order = hashlib.blake2b(f"{self.label}\x00{text}".encode("utf-8"), digest_size=8).hexdigest()
 
     def __getstate__(self):
         return {s: getattr(self, s) for s in self.__slots__}
@@ -254,7 +262,7 @@ class HiddenSpaceTask(ConfigurableTask):
                 "backend answered pooled_hidden_states with something else."
             )
         group = int(doc[self.group_field]) if self.group_field else -1
-        item = StateItem(doc["id"], doc[self.label_field], state, group)
+        item = StateItem(doc["id"], doc[self.label_field], state, group, doc[self.text_field])
         out: dict[str, Any] = {m: item for m in self._separation_metrics}
         out["n_truncated"] = int(state.truncated)
         out["n_excluded"] = item
@@ -296,7 +304,7 @@ class HiddenSpaceTask(ConfigurableTask):
                 seen.add(it.key)
                 unique.append(it)
         duplicates = len(items) - len(unique)
-        unique.sort(key=lambda it: it.key)  # order-independent: ranks and batch order do not matter
+        unique.sort(key=lambda it: (it.order, it.key))  # canonical, content-defined order
         layers = unique[0].state.layers
         states = np.stack([it.state.vectors for it in unique]).astype(np.float32)
         labels = np.array([it.label for it in unique], dtype=np.int64)
@@ -339,6 +347,7 @@ class HiddenSpaceTask(ConfigurableTask):
             "metrics_by_layer": per_layer,
             "n_texts": int(keep.sum()),
             "n_truncated": int(truncated.sum()),
+            "n_from_state_cache": int(sum(it.state.cached for it in unique)),
             "duplicate_items_dropped": int(duplicates),
             "set_aside": set_aside,
             "n_set_aside": int(sum(set_aside.values())),
