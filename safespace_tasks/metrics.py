@@ -46,6 +46,8 @@ __all__ = [
     "probe_auroc",
     "stratified_bootstrap_weights",
     "separation_metrics",
+    "PairedDifference",
+    "paired_bootstrap_difference",
 ]
 
 # Relative ridge added to a covariance that is singular (or numerically so): lambda =
@@ -661,3 +663,103 @@ def preference_rate(neutral_scores: np.ndarray, toxic_scores: np.ndarray) -> flo
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise SeparationInputError("log-likelihoods hold NaN or inf; check the model's dtype (fp16 overflow).")
     return float(np.mean(np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))))
+
+
+# --------------------------------------------------------------------------- two models, same texts
+
+
+@dataclass
+class PairedDifference:
+    """Bootstrap of ``metric(B) - metric(A)`` for two models that saw the same texts.
+
+    ``values_a`` / ``values_b`` are the point estimates (as :func:`separation_metrics` computes
+    them with the same settings), ``difference`` their difference, ``stderr`` the standard
+    deviation of the replicate differences, ``stderr_a`` / ``stderr_b`` the spread of each model's
+    own replicates, and ``ci`` the percentile interval of the replicate differences.
+    """
+
+    values_a: dict[str, float]
+    values_b: dict[str, float]
+    difference: dict[str, float]
+    stderr: dict[str, float]
+    stderr_a: dict[str, float]
+    stderr_b: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    ci_level: float
+    n_boot: int
+
+
+def _metric_replicates(
+    X: np.ndarray, y: np.ndarray, W: np.ndarray, *, k: int, seed: int, groups: np.ndarray | None,
+    ridge: float | None, probe: bool, probe_folds: int,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point values and replicate values (one per column of ``W``), exactly as :func:`separation_metrics`."""
+    Z, _ = pca_project(X, k, random_state=seed)
+    bhat = bhattacharyya_distance(Z, y, ridge=ridge)
+    values = {
+        "bcv_ratio": between_class_variance_ratio(Z, y),
+        "bhattacharyya": bhat.distance,
+        "silhouette": silhouette(Z, y),
+    }
+    reps = {
+        "bcv_ratio": _weighted_bcv(Z, y, W),
+        "bhattacharyya": _weighted_bhattacharyya(Z, y, W, bhat.ridge),
+        "silhouette": _weighted_silhouette(Z, y, W),
+    }
+    if probe:
+        res = probe_auroc(X, y, groups=groups, n_splits=probe_folds, seed=seed)
+        values["probe_auroc"] = res.auroc
+        reps["probe_auroc"] = _weighted_auroc(y, res.oof_scores, W)
+    return values, reps
+
+
+def paired_bootstrap_difference(
+    X_a: np.ndarray,
+    X_b: np.ndarray,
+    y: np.ndarray,
+    *,
+    k: int = 10,
+    n_boot: int = 200,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+    ridge: float | None = None,
+    probe: bool = True,
+    probe_folds: int = 5,
+) -> PairedDifference:
+    """Separation metrics of two models on the same texts and a paired bootstrap of their difference.
+
+    Row i of ``X_a`` and of ``X_b`` must be the same text (label ``y[i]``); the dimensions may
+    differ. Each model is measured as :func:`separation_metrics` measures it (PCA-``k`` fitted on
+    its own states, the probe cross-validated with the same folds), and every bootstrap replicate
+    draws *one* resample of texts that both models are scored on, so the spread of the difference
+    accounts for the texts the two share. With the settings and ``seed`` of a run the point values
+    and each model's replicate spread equal what :func:`separation_metrics` reported for it
+    (the resamples come from ``seed + 1``, as there).
+    """
+    X_a, y = validate_states(X_a, y, min_per_class=2, what="states of model A")
+    X_b, _ = validate_states(X_b, y, min_per_class=2, what="states of model B")
+    if n_boot < 2:
+        raise SeparationInputError(f"a paired bootstrap needs at least 2 replicates; got n_boot={n_boot}.")
+    for X in (X_a, X_b):
+        _check_k(X.shape[0], X.shape[1], k)
+    W = stratified_bootstrap_weights(y, int(n_boot), seed + 1, groups=groups)
+    kwargs = dict(k=k, seed=seed, groups=groups, ridge=ridge, probe=probe, probe_folds=probe_folds)
+    values_a, reps_a = _metric_replicates(X_a, y, W, **kwargs)
+    values_b, reps_b = _metric_replicates(X_b, y, W, **kwargs)
+    alpha = (1.0 - ci_level) / 2.0
+    difference, stderr, stderr_a, stderr_b, ci = {}, {}, {}, {}, {}
+    for name in values_a:
+        difference[name] = values_b[name] - values_a[name]
+        ra, rb = reps_a[name], reps_b[name]
+        ok = np.isfinite(ra) & np.isfinite(rb)
+        d = rb[ok] - ra[ok]
+        stderr[name] = float(np.std(d, ddof=1)) if d.size > 1 else float("nan")
+        stderr_a[name] = float(np.std(ra[np.isfinite(ra)], ddof=1)) if np.isfinite(ra).sum() > 1 else float("nan")
+        stderr_b[name] = float(np.std(rb[np.isfinite(rb)], ddof=1)) if np.isfinite(rb).sum() > 1 else float("nan")
+        lo, hi = np.quantile(d, [alpha, 1.0 - alpha]) if d.size else (np.nan, np.nan)
+        ci[name] = (float(lo), float(hi))
+    return PairedDifference(
+        values_a=values_a, values_b=values_b, difference=difference, stderr=stderr,
+        stderr_a=stderr_a, stderr_b=stderr_b, ci=ci, ci_level=ci_level, n_boot=int(n_boot),
+    )
