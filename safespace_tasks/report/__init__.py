@@ -1,0 +1,269 @@
+"""Side-by-side report of finished runs: tables, a leaderboard summary and plots, from saved files only.
+
+Reads lm-eval output folders (results JSON plus the plugin's saved states and details), matches
+models, task families, languages and metrics, and writes into one folder:
+
+- ``report.md`` (and with ``html=True`` a self-contained ``report.html``): tables and pictures;
+- ``summary.json``: per model the per-language values, the mean over languages and the
+  English-minus-rest gap, and per base/aligned pair the gains with intervals (see
+  :mod:`safespace_tasks.report.summary`);
+- ``tables/*.csv``: every table at full precision;
+- ``img/*.png``: values and gains per language, the PCA scatter grid, and layer sweeps.
+
+Imports numpy, scikit-learn and matplotlib only: no torch, no lm-eval, no model.
+
+    from safespace_tasks.report import build_report
+    build_report(["out/base", "out/aligned"], "report/", base="base", aligned=["aligned"])
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from safespace_tasks.report.compare import (
+    INDEPENDENT,
+    PAIRED,
+    Comparison,
+    Notice,
+    ReportInputError,
+    assign_labels,
+    compare_runs,
+)
+from safespace_tasks.report.document import Bullets, Document, Heading, Image, Paragraph, to_html, to_markdown
+from safespace_tasks.report.runs import Run, RunError, discover_runs, load_run
+from safespace_tasks.report.summary import write_summary
+from safespace_tasks.report.tables import Table, data_table, metric_table, write_csv
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReportResult", "ReportInputError", "RunError", "build_report", "load_runs", "Comparison", "Notice"]
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote and what it had to say about the input."""
+
+    out: Path
+    comparison: Comparison
+    markdown: Path
+    summary: Path
+    html: Path | None = None
+    tables: dict[str, Path] = field(default_factory=dict)
+    images: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def notices(self) -> list[Notice]:
+        return self.comparison.notices
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def load_runs(paths: Sequence[str | Path], labels: dict[str | Path, str] | None = None) -> list[Run]:
+    """Every run under ``paths`` (a path may hold several models), labelled, in the order given."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for p in paths:
+        for found in discover_runs(p):
+            key = found.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            runs.append(load_run(found))
+    assign_labels(runs, {Path(k): v for k, v in (labels or {}).items()})
+    return runs
+
+
+def _resolve_mark(mark: str | None, runs: list[Run]) -> str | None:
+    """A --base / --aligned value: a run label, or a path that is (or holds) one of the runs."""
+    if mark is None:
+        return None
+    if any(r.label == mark for r in runs):
+        return mark
+    p = Path(mark)
+    if p.exists():
+        target = p.resolve()
+        hits = [r for r in runs if r.folder.resolve() == target or target in (f.resolve() for f in r.results_files)
+                or target in r.folder.resolve().parents]
+        if len(hits) == 1:
+            return hits[0].label
+        if len(hits) > 1:
+            raise ReportInputError(f"{mark} holds several runs ({', '.join(r.label for r in hits)}); name one by label.")
+    raise ReportInputError(f"{mark!r} is neither a run label ({', '.join(r.label for r in runs)}) nor a run folder.")
+
+
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    labels: dict[str | Path, str] | None = None,
+    base: str | None = None,
+    aligned: Sequence[str] = (),
+    ci_level: float = 0.95,
+    n_boot: int | None = None,
+    families: Sequence[str] | None = None,
+    html: bool = False,
+    plots: bool = True,
+    max_points: int = 1000,
+    progress: bool = True,
+) -> ReportResult:
+    """Build the report of the runs under ``paths`` into ``out``.
+
+    ``labels`` names runs (path -> label); ``base`` and ``aligned`` (labels or run folders) mark the
+    pair(s) whose gain is reported; ``n_boot`` overrides the replicates of the paired bootstrap
+    (default: each run's own ``bootstrap_iters``). Problems with the input are collected as notices
+    (returned, written into the report and the summary) and the report holds whatever can be
+    reported; :class:`ReportInputError` is raised only when nothing can.
+    """
+    marks = [m for m in (base, *aligned) if m is not None]
+    all_paths = list(paths) + [m for m in marks if Path(m).exists() and not _covered(m, paths)]
+    if not all_paths:
+        raise ReportInputError("no runs given: pass one or more lm-eval output folders.")
+    runs = load_runs(all_paths, labels)
+    base_label = _resolve_mark(base, runs)
+    aligned_labels = [_resolve_mark(a, runs) for a in aligned]
+    comp = compare_runs(
+        runs, base=base_label, aligned=[a for a in aligned_labels if a], ci_level=ci_level, n_boot=n_boot,
+        families=families, progress=progress,
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = ReportResult(out=out, comparison=comp, markdown=out / "report.md", summary=out / "summary.json")
+    blocks: list = []
+    blocks.append(Paragraph(_intro(comp)))
+    blocks.append(_runs_table(comp))
+    if comp.notices:
+        blocks.append(Heading("Notes on the input"))
+        blocks.append(Bullets([f"**{n.level}**: {n.text}" for n in comp.notices]))
+
+    for fam in comp.families:
+        blocks.append(Heading(f"Family: {fam}"))
+        dt = data_table(comp, fam)
+        dt.align = ["l"] * len(dt.columns)
+        result.tables[dt.name] = write_csv(dt, out / "tables" / f"{dt.name}.csv")
+        blocks.append(dt)
+        for metric in comp.metrics[fam]:
+            t = metric_table(comp, fam, metric)
+            result.tables[t.name] = write_csv(t, out / "tables" / f"{_slug(t.name)}.csv")
+            blocks.append(t)
+        if not plots:
+            continue
+        from safespace_tasks.report import plots as P
+
+        img = out / "img"
+        p = P.plot_values(comp, fam, img / f"{_slug(fam)}_values.png")
+        if p:
+            result.images[f"{fam}_values"] = p
+            blocks.append(Image(p.relative_to(out), f"{fam} values per language",
+                                f"Each model's value per language; whiskers: {comp.ci_level:.0%} interval "
+                                "(value ± z × the run's bootstrap SE)."))
+        for b, a in comp.pairs:
+            p = P.plot_gains(comp, (b, a), fam, img / f"{_slug(fam)}_gain_{_slug(a)}_vs_{_slug(b)}.png")
+            if p:
+                result.images[f"{fam}_gain_{a}_vs_{b}"] = p
+                blocks.append(Image(p.relative_to(out), f"{fam} gain {a} minus {b}",
+                                    f"Alignment gain {a} − {b} per language with its {comp.ci_level:.0%} interval "
+                                    "(solid: paired bootstrap over shared texts; hatched: independent SEs)."))
+        if any(t.states_path for r in comp.runs for t in r.tasks.values() if t.family == fam):
+            blocks.append(Heading(f"{fam}: the hidden space, toxic vs non-toxic", 3))
+            p = P.plot_pca_grid(comp, fam, img / f"{_slug(fam)}_pca.png", max_points=max_points, progress=progress)
+            if p:
+                result.images[f"{fam}_pca"] = p
+                blocks.append(Image(p.relative_to(out), f"{fam} PCA scatter grid",
+                                    "Pooled states of the reported layer projected on their first two principal "
+                                    "components, fitted separately for every model and language; the corner shows "
+                                    f"the reported {comp.metrics[fam][0] if comp.metrics[fam] else 'metric'} "
+                                    "(computed on PCA-k, not on these two components)."))
+        else:
+            blocks.append(Paragraph(f"No run saved {fam} states, so there is no PCA picture for {fam}."))
+        sweeps = comp.layer_metrics[fam]
+        if sweeps:
+            blocks.append(Heading(f"{fam}: separation per layer", 3))
+            for metric in comp.metrics[fam]:
+                if metric not in sweeps:
+                    continue
+                p = P.plot_layer_sweep(comp, fam, metric, img / f"{_slug(fam)}_layers_{_slug(metric)}.png")
+                if p:
+                    result.images[f"{fam}_layers_{metric}"] = p
+                    blocks.append(Image(p.relative_to(out), f"{fam} {metric} per layer",
+                                        "Hidden-state index 0 is the embedding output; the last index is the final "
+                                        "layer after the model's final norm."))
+    blocks.append(Heading("How these numbers were computed"))
+    blocks.append(Bullets(_method_notes(comp)))
+    doc = Document(title="safespace report: " + " vs ".join(comp.labels), blocks=blocks)
+    result.markdown.write_text(to_markdown(doc), encoding="utf-8")
+    write_summary(comp, result.summary)
+    if html:
+        result.html = out / "report.html"
+        result.html.write_text(to_html(doc, out), encoding="utf-8")
+    return result
+
+
+def _covered(mark: str, paths: Sequence[str | Path]) -> bool:
+    target = Path(mark).resolve()
+    for p in paths:
+        q = Path(p).resolve()
+        if target == q or q in target.parents or target in q.parents:
+            return True
+    return False
+
+
+def _intro(comp: Comparison) -> str:
+    if comp.pairs:
+        pairs = "; ".join(f"**{a}** (aligned) against **{b}** (base)" for b, a in comp.pairs)
+        return f"Alignment gain reported for {pairs}. Families: {', '.join(comp.families)}."
+    return (
+        f"Models side by side: {', '.join(f'**{lab}**' for lab in comp.labels)}. No base/aligned pair was marked "
+        "(`--base` / `--aligned`), so no gain is computed: differences between these models are not an "
+        f"alignment effect unless they are a base model and its aligned version. Families: {', '.join(comp.families)}."
+    )
+
+
+def _runs_table(comp: Comparison) -> Table:
+    t = Table(name="runs", title="Runs", columns=["label", "model", "results", "lm-eval", "tasks", "saved states"],
+              align=["l", "l", "l", "l", "r", "r"])
+    for run in comp.runs:
+        n_states = sum(1 for task in run.tasks.values() if task.states_path)
+        t.rows.append([
+            run.label,
+            run.model_name,
+            ", ".join(str(f) for f in run.results_files),
+            str(run.lm_eval_version or "?"),
+            str(len(run.tasks)),
+            f"{n_states} of {len(run.tasks)}",
+        ])
+    return t
+
+
+def _method_notes(comp: Comparison) -> list[str]:
+    notes = [
+        "Every value in the tables is the one in the run's results JSON (CSV files in `tables/` hold them at full "
+        "precision); ± is the run's own bootstrap standard error (stratified over texts, PCA basis held fixed).",
+        "mean: the results JSON's group row when the run covers exactly the same languages, else the mean of the "
+        "language rows; en − rest: the English value minus the mean of the other languages.",
+    ]
+    methods = {g.method for g in comp.gains.values()}
+    if PAIRED in methods:
+        n = sorted({g.n_boot for g in comp.gains.values() if g.method == PAIRED and g.n_boot})
+        notes.append(
+            f"Gain intervals (paired): gain ± {comp.z:.2f} × SE, SE = standard deviation of aligned − base over "
+            f"{', '.join(map(str, n))} bootstrap resamples of the texts, each resample scoring both models on the same "
+            "texts with each run's own PCA basis, ridge and probe folds (the saved states reproduce the reported "
+            "values exactly, which is checked)."
+        )
+    if INDEPENDENT in methods:
+        notes.append(
+            f"Gain intervals (independent, marked *): gain ± {comp.z:.2f} × sqrt(SE_base² + SE_aligned²), used where "
+            "the two runs' texts could not be paired; it ignores what the texts share and is usually wider."
+        )
+    if comp.pairs:
+        notes.append("Mean gain: mean of the language gains, SE = sqrt(Σ SE²) / L (languages are independent text "
+                     "samples); en − rest gain: gain(en) − mean(gain of the rest), SE combined the same way.")
+    notes.append("PCA pictures: PCA-2 fitted on each model's and language's own states (both classes together, "
+                 "centred, not scaled); axes are therefore not comparable across panels, only the class layout is.")
+    return notes
