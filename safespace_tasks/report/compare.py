@@ -201,8 +201,12 @@ class Comparison:
             return Aggregate(None, source="no English value")
         if not rest:
             return Aggregate(None, source="no language besides English")
-        rest_vals = [self.measurement(label, family, lang, metric).value for lang in rest]  # type: ignore[union-attr]
-        return Aggregate(en.value - float(np.mean(rest_vals)), languages=[ENGLISH, *rest], source="en - mean(rest)")
+        rest_m = [self.measurement(label, family, lang, metric) for lang in rest]
+        value = en.value - float(np.mean([m.value for m in rest_m]))  # type: ignore[union-attr]
+        se = None
+        if en.stderr is not None and all(m.stderr is not None for m in rest_m):  # type: ignore[union-attr]
+            se = math.sqrt(en.stderr**2 + sum(m.stderr**2 for m in rest_m) / len(rest_m) ** 2)  # type: ignore[union-attr,operator]
+        return Aggregate(value, se=se, languages=[ENGLISH, *rest], source="en - mean(rest)")
 
     # ------------------------------------------------------------------ aggregates of a gain
 
@@ -249,15 +253,30 @@ class Comparison:
 
 
 def assign_labels(runs: list[Run], explicit: dict[Path, str] | None = None) -> None:
-    """Give every run a unique, readable label: the user's, else the model's short name."""
-    explicit = {Path(k).resolve(): v for k, v in (explicit or {}).items()}
+    """Give every run a unique, readable label: the user's, else the model's short name.
+
+    An explicit label names the run whose folder or results file is that path, or the one run that
+    folder holds (an ``--output_path`` folder with a single model in it).
+    """
+    chosen: dict[int, str] = {}
+    for path, label in (explicit or {}).items():
+        target = Path(path).resolve()
+        hits = [
+            i for i, r in enumerate(runs)
+            if target == r.folder.resolve() or target in r.folder.resolve().parents
+            or any(target == f.resolve() for f in r.results_files)
+        ]
+        if not hits:
+            raise ReportInputError(f"label {label!r}: {path} is not one of the runs given.")
+        if len(hits) > 1:
+            raise ReportInputError(
+                f"label {label!r}: {path} holds {len(hits)} runs ({', '.join(str(runs[i].folder) for i in hits)}); "
+                "point the label at one model folder."
+            )
+        chosen[hits[0]] = label
     seen: dict[str, int] = {}
-    for run in runs:
-        label = None
-        for key in (run.folder.resolve(), *(f.resolve() for f in run.results_files)):
-            if key in explicit:
-                label = explicit[key]
-        label = label or run.default_label()
+    for i, run in enumerate(runs):
+        label = chosen.get(i) or run.default_label()
         if label in seen:
             seen[label] += 1
             label = f"{label} ({seen[label]})"
@@ -267,6 +286,7 @@ def assign_labels(runs: list[Run], explicit: dict[Path, str] | None = None) -> N
 
 
 def _language_order(runs: Iterable[Run], family: str) -> list[str]:
+    """English first, then the family group's order, then the order the runs list their tasks."""
     order: list[str] = []
     for run in runs:
         for tasks in run.group_subtasks.values():
@@ -274,8 +294,10 @@ def _language_order(runs: Iterable[Run], family: str) -> list[str]:
                 t = run.tasks.get(name)
                 if t is not None and t.family == family and t.language not in order:
                     order.append(t.language)
-    extra = sorted({t.language for r in runs for t in r.tasks.values() if t.family == family} - set(order))
-    order += extra
+    for run in runs:  # tasks outside a group: in the order the results JSON lists them
+        for t in run.tasks.values():
+            if t.family == family and t.language not in order:
+                order.append(t.language)
     if ENGLISH in order:
         order.remove(ENGLISH)
         order.insert(0, ENGLISH)

@@ -281,9 +281,10 @@ def plot_pca_grid(comp: Comparison, family: str, path: Path, *, max_points: int 
             continue
         Z, evr = pca_project(X, 2, random_state=seed)
         keep = _subsample(y, max_points, rng)
+        size = 12 if keep.size <= 250 else 8 if keep.size <= 600 else 5
         for cls, color, marker, name in ((0, NONTOXIC, "o", "non-toxic"), (1, TOXIC, "^", "toxic")):
             sel = keep[y[keep] == cls]
-            ax.scatter(Z[sel, 0], Z[sel, 1], s=6, c=color, marker=marker, alpha=0.55, linewidths=0, label=name)
+            ax.scatter(Z[sel, 0], Z[sel, 1], s=size, c=color, marker=marker, alpha=0.55, linewidths=0, label=name)
         ax.set_xlabel(f"PC1 ({evr[0]:.0%})", fontsize=7, labelpad=1)
         ax.set_ylabel(f"PC2 ({evr[1]:.0%})", fontsize=7, labelpad=1)
         if first_metric is not None:

@@ -318,7 +318,6 @@ def load_run(path: str | Path) -> Run:
             )
             _attach_states(task, folder, date_id)
             run.tasks[name] = task
-    run.tasks = dict(sorted(run.tasks.items()))
     return run
 
 

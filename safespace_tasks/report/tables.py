@@ -129,7 +129,7 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
         agg = comp.english_minus_rest(lab, family, metric)
         row.append(_agg_cell(agg, signed=True))
         rec[lab] = agg.value
-        rec[f"{lab} stderr"] = None
+        rec[f"{lab} stderr"] = agg.se
     for pair, col in zip(comp.pairs, pair_cols):
         agg = comp.english_minus_rest_gain(pair, family, metric)
         row.append(_agg_cell(agg, signed=True, interval=True))
