@@ -121,10 +121,14 @@ def build_report(
     reported; :class:`ReportInputError` is raised only when nothing can.
     """
     marks = [m for m in (base, *aligned) if m is not None]
-    all_paths = list(paths) + [m for m in marks if Path(m).exists() and not _covered(m, paths)]
-    if not all_paths:
+    runs = load_runs(paths, labels) if paths else []
+    known = {r.label for r in runs}
+    # a mark that is not a label of the runs given but a folder of its own adds that run
+    extra = [m for m in marks if m not in known and Path(m).exists() and not _covered(m, paths)]
+    if extra:
+        runs = load_runs([*paths, *extra], labels)
+    if not runs:
         raise ReportInputError("no runs given: pass one or more lm-eval output folders.")
-    runs = load_runs(all_paths, labels)
     base_label = _resolve_mark(base, runs)
     aligned_labels = [_resolve_mark(a, runs) for a in aligned]
     comp = compare_runs(

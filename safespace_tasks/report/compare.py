@@ -501,7 +501,7 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
                 if a is None or b is None:
                     continue
                 jobs.append((pair, fam, lang, a, b))
-    fallback: dict[tuple[str, str, str], tuple[list[str], str]] = {}
+    fallback: dict[tuple[str, str, str, str], list[str]] = {}
     for pair, fam, lang, a, b in tqdm(jobs, desc="gain intervals", unit="language", disable=not progress or not jobs):
         flags = ["†"] if _differences(a, b) else []
         paired = None
@@ -531,17 +531,19 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
                 se=se if ok else None, low=value - comp.z * se if ok else None, high=value + comp.z * se if ok else None,
                 method=method if ok else None, flags=list(flags), n_boot=nb,
             )
-        if why:
-            fallback.setdefault((pair[0], pair[1], fam), ([], why))[0].append(lang)
-    merged: dict[tuple[str, str, str, str], list[str]] = {}
-    for (base, aligned, fam), (langs, why) in fallback.items():
-        merged.setdefault((base, aligned, fam, why), []).extend(langs)
-    for (base, aligned, fam, why), langs in merged.items():
-        comp.notices.append(Notice(
-            "note",
-            f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has an independent interval "
-            f"(sqrt(se_base^2 + se_aligned^2)), not a paired one: {why}.",
-        ))
+        made = [comp.gains[(pair[0], pair[1], fam, lang, m)] for m in wanted]
+        if why and any(g.method == INDEPENDENT for g in made):
+            fallback.setdefault((pair[0], pair[1], fam, why), []).append(lang)
+        elif any(math.isfinite(g.value) and g.method is None for g in made):
+            fallback.setdefault((pair[0], pair[1], fam, "no interval"), []).append(lang)
+    for (base, aligned, fam, why), langs in fallback.items():
+        if why == "no interval":
+            text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has no interval for some metrics: the runs "
+                    "report no standard error for them and the texts could not be paired.")
+        else:
+            text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has an independent interval "
+                    f"(sqrt(se_base^2 + se_aligned^2)), not a paired one: {why}.")
+        comp.notices.append(Notice("note", text))
 
 
 def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None):
