@@ -36,8 +36,6 @@ __all__ = ["Notice", "Gain", "Aggregate", "Comparison", "ReportInputError", "com
 ENGLISH = "en"
 PAIRED = "paired bootstrap"
 INDEPENDENT = "independent"
-# Settings that decide how a number is computed from the states; a difference makes values incomparable.
-MEASUREMENT_SETTINGS = ("pooling", "pca_components", "truncation_side", "padding_side", "ridge", "probe_folds")
 
 
 class ReportInputError(ValueError):
@@ -435,8 +433,13 @@ def _check_coverage(comp: Comparison) -> None:
                 ))
 
 
+# Settings that change only the intervals, not the values: a difference does not make values incomparable.
+INTERVAL_SETTINGS = ("bootstrap_iters", "ci_level")
+
+
 def _settings_core(task: TaskResult) -> dict[str, Any]:
-    s = {k: v for k, v in task.settings.items() if k != "layers"}
+    """The settings that decide a reported value (the extra layers and interval settings left out)."""
+    s = {k: v for k, v in task.settings.items() if k != "layers" and k not in INTERVAL_SETTINGS}
     layers = task.requested_layers()
     if layers:
         s["first layer"] = layers[0]
