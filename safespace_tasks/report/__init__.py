@@ -247,9 +247,11 @@ def _runs_table(comp: Comparison) -> Table:
 def _method_notes(comp: Comparison) -> list[str]:
     notes = [
         "Every value in the tables is the one in the run's results JSON (CSV files in `tables/` hold them at full "
-        "precision); ± is the run's own bootstrap standard error (stratified over texts, PCA basis held fixed).",
+        "precision); ± is the standard error the run reports (for the hidden-space metrics a bootstrap over texts, "
+        "stratified by class, PCA basis held fixed).",
         "mean: the results JSON's group row when the run covers exactly the same languages, else the mean of the "
-        "language rows; en − rest: the English value minus the mean of the other languages.",
+        "language rows; en − rest: the English value minus the mean of the other languages. Their ± combine the "
+        "languages' standard errors as independent samples: sqrt(Σ SE²) / L, and sqrt(SE_en² + Σ SE_rest² / (L − 1)²).",
     ]
     methods = {g.method for g in comp.gains.values()}
     if PAIRED in methods:
