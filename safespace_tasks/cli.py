@@ -135,7 +135,8 @@ def report_main(args, parser: argparse.ArgumentParser) -> int:
         print(f"html:   {result.html}")
     print(f"summary: {result.summary}")
     print(f"tables: {len(result.tables)} CSV in {result.out / 'tables'}")
-    print(f"images: {len(result.images)} PNG in {result.out / 'img'}")
+    if result.images:
+        print(f"images: {len(result.images)} PNG in {result.out / 'img'}")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safespace_tasks.metrics import paired_bootstrap_difference, separation_metrics
+from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift, paired_shift_difference, separation_metrics
 from safespace_tasks.report import ReportInputError, build_report
 from safespace_tasks.report.plots import figure_pixels
 from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, fmt
@@ -393,3 +393,23 @@ def test_paired_bootstrap_of_a_model_with_itself_is_zero():
     res = paired_bootstrap_difference(X, X, y, k=3, n_boot=30, seed=0)
     for m in METRICS:
         assert res.difference[m] == 0.0 and res.stderr[m] == 0.0 and res.ci[m] == (0.0, 0.0)
+
+
+def test_paired_shift_difference_resamples_the_same_pairs_for_both_models():
+    rng = np.random.default_rng(5)
+    n_pairs, d = 30, 8
+    neutral = rng.normal(size=(n_pairs, d))
+    toxic = neutral + 0.8 * np.eye(d)[0] + 0.3 * rng.normal(size=(n_pairs, d))
+    X = np.vstack([toxic, neutral])
+    y = np.repeat([1, 0], n_pairs)
+    groups = np.tile(np.arange(n_pairs), 2)
+    X2 = X + 0.02 * rng.normal(size=X.shape)
+    res = paired_shift_difference(X, X2, y, groups, n_splits=5, n_boot=80, seed=11)
+    for Xm, values, spread in ((X, res.values_a, res.stderr_a), (X2, res.values_b, res.stderr_b)):
+        single = paired_shift(Xm, y, groups, n_splits=5, n_boot=80, seed=11)
+        assert values["paired_shift"] == single.shift and values["pair_order_acc"] == single.order_accuracy
+        assert spread["paired_shift"] == pytest.approx(single.stderr["paired_shift"], rel=1e-12)
+        assert spread["pair_order_acc"] == pytest.approx(single.stderr["pair_order_acc"], rel=1e-12)
+    assert res.difference["paired_shift"] == pytest.approx(res.values_b["paired_shift"] - res.values_a["paired_shift"])
+    assert res.stderr["paired_shift"] < 0.25 * math.hypot(res.stderr_a["paired_shift"], res.stderr_b["paired_shift"])
+

@@ -35,6 +35,9 @@ __all__ = ["Notice", "Gain", "Aggregate", "Comparison", "ReportInputError", "com
 
 ENGLISH = "en"
 PAIRED = "paired bootstrap"
+# Metrics whose gain the report can bootstrap from saved states: the separation metrics, and the
+# pair metrics of the paired families (toxic sentence and its rewrite).
+PAIR_METRICS = ("paired_shift", "pair_order_acc")
 INDEPENDENT = "independent"
 
 
@@ -511,8 +514,11 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
         why = None
         wanted = [m for m in comp.metrics[fam] if m in a.metrics and m in b.metrics]
         if a.states_path is None or b.states_path is None:
-            why = "no saved states for " + " and ".join(lab for lab, t in zip(pair, (a, b)) if t.states_path is None)
-        elif not set(wanted) & set(METRIC_NAMES):
+            if a.settings.get("layers") is None and b.settings.get("layers") is None:
+                why = f"{fam} saves no hidden states to resample (its metrics are not measured from states)"
+            else:
+                why = "no saved states for " + " and ".join(lab for lab, t in zip(pair, (a, b)) if t.states_path is None)
+        elif not set(wanted) & (set(METRIC_NAMES) | set(PAIR_METRICS)):
             why = None  # metrics not measured from states: independent by nature, nothing to say
         else:
             try:
@@ -535,6 +541,10 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
                 method=method if ok else None, flags=list(flags), n_boot=nb,
             )
         made = [comp.gains[(pair[0], pair[1], fam, lang, m)] for m in wanted]
+        if paired is not None:
+            unpaired = [g.metric for g in made if g.method == INDEPENDENT]
+            if unpaired:
+                why = f"the report has no paired bootstrap for {', '.join(unpaired)}"
         if why and any(g.method == INDEPENDENT for g in made):
             fallback.setdefault((pair[0], pair[1], fam, why), []).append(lang)
         elif any(math.isfinite(g.value) and g.method is None for g in made):
@@ -551,7 +561,7 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
 
 def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None):
     """Paired bootstrap of b - a from the saved states; (result, None) or (None, why not)."""
-    from safespace_tasks.metrics import paired_bootstrap_difference
+    from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift_difference
 
     sa, sb = a.load_states(), b.load_states()
     assert sa is not None and sb is not None
@@ -572,14 +582,19 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
         if settings.get(key) != other.get(key):
             return None, f"the runs used different {key} ({settings.get(key)!r} vs {other.get(key)!r})"
     boots = n_boot or int(settings.get("bootstrap_iters") or 0) or 200
+    seed = int(settings.get("seed", 0))
+    folds = int(settings.get("probe_folds", 5))
     grouped = bool((sa.groups >= 0).any())
+    Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
-        sa.states[:, ca], sb.states[:, cb], sa.labels,
-        k=int(settings.get("pca_components", 10)), n_boot=boots,
-        seed=int(settings.get("seed", 0)), groups=sa.groups if grouped else None,
-        ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
-        probe_folds=int(settings.get("probe_folds", 5)),
+        Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed,
+        groups=sa.groups if grouped else None, ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
+        probe_folds=folds,
     )
+    if grouped and set(PAIR_METRICS) & set(metrics):
+        pairs = paired_shift_difference(Xa, Xb, sa.labels, sa.groups, n_splits=folds, n_boot=boots, seed=seed)
+        for field_name in ("values_a", "values_b", "difference", "stderr", "stderr_a", "stderr_b", "ci"):
+            getattr(res, field_name).update(getattr(pairs, field_name))
     # The interval describes the reported numbers only if the states reproduce them.
     for metric in metrics:
         if metric not in res.values_a:
