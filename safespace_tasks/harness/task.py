@@ -210,7 +210,8 @@ class HiddenSpaceTask(ConfigurableTask):
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
         cfg = dict(config or {})
         cfg.pop("class", None)
-        cfg.pop("output_type", None)
+        # lm-eval validates output_type against its own four; pass one of them, then name ours below
+        cfg["output_type"] = "loglikelihood"
         self.settings = SeparationSettings.from_metadata(cfg.get("metadata"))
         self._separation_metrics = [m + s for s in self.settings.metric_suffixes() for m in self.metric_names]
         self._aggregators: dict[str, Callable] = {m: _Aggregator(self, m) for m in self._separation_metrics}
@@ -226,6 +227,7 @@ class HiddenSpaceTask(ConfigurableTask):
         self.data_report: data_mod.DataReport | None = None
         super().__init__(config=cfg)
         self.OUTPUT_TYPE = REQUEST_TYPE  # lm-eval pads data-parallel ranks per OUTPUT_TYPE
+        self.config.output_type = REQUEST_TYPE
         # shown in the results' "configs" instead of the method's source
         self.config.process_results = f"{type(self).__module__}.{type(self).__name__}.process_results"
 
