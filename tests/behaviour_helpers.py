@@ -39,3 +39,39 @@ def write_toxicity_mirror(root: Path, languages=("en", "de", "ru"), n_per_class:
     for i, lang in enumerate(languages):
         write_jsonl(root / "multilingual_toxicity_dataset" / f"{lang}.jsonl", synthetic_texts(n_per_class, seed=i))
     return root
+
+
+def shared_cache_root(tmp_path_factory) -> Path:
+    """One ``$SAFESPACE_CACHE`` root per test session, so the real default scorer trains once."""
+    root = tmp_path_factory.getbasetemp() / "safespace-cache"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def run_cli(args: list[str], env_extra: dict[str, str], timeout: int = 1200):
+    """``safespace-eval ARGS`` in a fresh interpreter with this checkout first on the path."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **env_extra,
+    }
+    code = "import sys; sys.argv = ['safespace-eval'] + sys.argv[1:]; from safespace_tasks.cli import eval_main; eval_main()"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_run(output_path: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """The results JSON of a run and its logged samples per task."""
+    results_files = sorted(output_path.rglob("results_*.json"))
+    assert results_files, f"no results JSON under {output_path}"
+    results = json.loads(results_files[-1].read_text(encoding="utf-8"))
+    samples: dict[str, list[dict]] = {}
+    for f in results_files[-1].parent.glob("samples_*.jsonl"):
+        task = f.name[len("samples_") :].rsplit("_", 1)[0]
+        samples[task] = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines()]
+    return results, samples
