@@ -248,3 +248,15 @@ def test_recognition_margin_accuracy_and_auroc(build):
     assert values["yes_rate"] == pytest.approx(np.mean(margins > 0))
     assert values["auroc"] == pytest.approx(auroc(margins, labels))
     assert not hasattr(task, "scorer")  # recognition needs no scorer
+
+
+def test_a_scorer_that_fails_on_the_tasks_own_texts_is_flagged(build, monkeypatch, caplog):
+    task = build("safespace-detox-en")
+    docs = list(task.test_docs())
+    references = {d["neutral_sentence"] for d in docs}
+    # a judge that calls the human references toxic and the toxic sources clean
+    monkeypatch.setattr(task.scorer, "_predict", lambda texts, langs: np.array([0.9 if t in references else 0.1 for t in texts]))
+    with caplog.at_level(logging.WARNING):
+        _, _, values, _ = _run(task, [[d["neutral_sentence"]] for d in docs])
+    assert values["scorer_indomain_auroc"] == 0.0 and values["scorer_indomain_acc"] == 0.0
+    assert "separates this task's own toxic and non-toxic texts poorly (AUROC 0.00 on 6 texts)" in caplog.text
