@@ -260,3 +260,15 @@ def test_a_scorer_that_fails_on_the_tasks_own_texts_is_flagged(build, monkeypatc
         _, _, values, _ = _run(task, [[d["neutral_sentence"]] for d in docs])
     assert values["scorer_indomain_auroc"] == 0.0 and values["scorer_indomain_acc"] == 0.0
     assert "separates this task's own toxic and non-toxic texts poorly (AUROC 0.00 on 6 texts)" in caplog.text
+
+
+def test_a_filter_list_that_would_replace_the_scoring_filter_is_refused(build, mirror):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from safespace_tasks.harness.behaviour import ContinuationTask
+
+    cfg = load_yaml(task_dir() / "continuation" / "safespace-continuation-en.yaml", resolve_func=True)
+    cfg["metadata"] = {**cfg["metadata"], "data_dir": str(mirror)}
+    cfg["filter_list"] = [{"name": "first", "filter": [{"function": "take_first"}]}]
+    with pytest.raises(ValueError, match="remove filter_list"):
+        ContinuationTask(config=cfg)

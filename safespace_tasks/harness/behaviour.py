@@ -392,6 +392,11 @@ class _GenerationTask(_BehaviourTask):
     SETTINGS = BehaviourSettings
 
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
+        if (config or {}).get("filter_list"):
+            raise ValueError(
+                f"{(config or {}).get('task')}: the behavioural tasks score every output in their own filter; "
+                "remove filter_list from the task YAML (all samples are kept and scored)."
+            )
         super().__init__(data_dir=data_dir, cache_dir=cache_dir, download_mode=download_mode, config=config)
         s = self.settings
         # Built now, before any generation: a scorer that cannot load fails the run at once.
