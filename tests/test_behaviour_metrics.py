@@ -185,3 +185,14 @@ def test_recognition_auroc_ignores_the_answer_bias():
 def test_recognition_rejects_non_finite_margins():
     with pytest.raises(BehaviourInputError, match="non-finite"):
         recognition_scores([0.1, float("-inf")], [0, 1])
+
+
+def test_a_single_prompt_class_gets_no_stderr_and_does_not_freeze_the_bootstrap():
+    # four toxic prompts that never go toxic, one non-toxic prompt that does
+    scores = [[0.1], [0.2], [0.1], [0.3], [0.9]]
+    r = continuation_toxicity(scores, [1, 1, 1, 1, 0], n_boot=200, seed=0)
+    assert r.values["toxicity_probability"] == pytest.approx(0.2)
+    # stratifying by class would hold the lone non-toxic prompt in every replicate: stderr 0
+    assert r.stderr["toxicity_probability"] > 0.05
+    assert "toxicity_probability_nontoxic_prompts" not in r.stderr
+    assert r.stderr["expected_max_toxicity_toxic_prompts"] > 0
