@@ -43,6 +43,8 @@ def run(smollm2, tmp_path_factory):
         [
             "--model", "hf", "--model_args", f"pretrained={smollm2},dtype=float32",
             "--tasks", ",".join(tasks), "--apply_chat_template", "--batch_size", "8",
+            # a smaller generation budget than the detox default (256) keeps the test to minutes on a CPU
+            "--gen_kwargs", "max_gen_toks=40",
             "--limit", str(LIMIT), "--metadata", json.dumps({"samples_per_prompt": SAMPLES, "bootstrap_iters": 100}),
             "--output_path", str(out), "--log_samples",
         ],
