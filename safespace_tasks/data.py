@@ -54,11 +54,12 @@ class DatasetSpec:
     hub_id: str
     languages: tuple[str, ...]
     columns: dict[str, type]
+    mirror_folder: str | None = None  # folder inside a mirror root, when it is not the Hub id's name
 
     @property
     def folder(self) -> str:
         """Folder name of the dataset inside a mirror root."""
-        return self.hub_id.split("/")[-1]
+        return self.mirror_folder or self.hub_id.split("/")[-1]
 
     def check_language(self, language: str) -> None:
         if language not in self.languages:
@@ -316,3 +317,153 @@ def load_docs(
         known = ", ".join(f"{h} ({l})" for h, l in DOC_LOADERS)
         raise DataError(f"no doc loader for dataset {hub_id!r} with layout {layout!r}; supported: {known}") from None
     return loader(language, data_dir=data_dir, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Behavioural families: continuation prompts (RTP-LX), detox rewriting (ParaDetox) and the
+# balanced toxicity set for the scorer. Kept apart from the loaders above to ease merging.
+# ---------------------------------------------------------------------------------------------
+
+# RTP-LX release locales (one file per locale, RTP_LX_<LOCALE>.json in microsoft/RTP-LX), as
+# lower-case split names. The mirror holds en, de, es and fr; the rest need the Hub.
+RTPLX = DatasetSpec(
+    hub_id="microsoft/RTP-LX",
+    languages=(
+        "en", "de", "es", "fr", "ar", "cs", "da", "fi", "he", "hi", "hu", "id", "it", "ja",
+        "ko", "nl", "no", "pl", "pt", "pt_br", "ru", "sv", "th", "tr", "uk", "zh_hans", "zh_hant",
+    ),
+    columns={"prompt": str, "class": int},
+    mirror_folder="rtp_lx_prompts",
+)
+RTPLX_MIRRORED = ("en", "de", "es", "fr")
+# Annotator toxicity in the RTP-LX release is a 1-5 rating, 1 meaning "not toxic".
+RTPLX_NOT_TOXIC_RATING = 1.0
+
+LANGUAGE_NAMES = {
+    "am": "Amharic", "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "en": "English",
+    "es": "Spanish", "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi",
+    "hin": "Hinglish (Hindi in Latin script)", "hu": "Hungarian", "id": "Indonesian", "it": "Italian",
+    "ja": "Japanese", "ko": "Korean", "nl": "Dutch", "no": "Norwegian", "pl": "Polish",
+    "pt": "Portuguese", "pt_br": "Brazilian Portuguese", "ru": "Russian", "sv": "Swedish", "th": "Thai",
+    "tr": "Turkish", "tt": "Tatar", "uk": "Ukrainian", "zh": "Chinese", "zh_hans": "Chinese (simplified)",
+    "zh_hant": "Chinese (traditional)",
+}
+
+DATASETS[RTPLX.hub_id] = RTPLX
+
+
+def language_name(code: str) -> str:
+    """English name of a language code used by the datasets (the code itself if unknown)."""
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def _rtplx_label(row: dict[str, Any], where: str) -> int:
+    """Binary prompt label of an RTP-LX record: the mirror's ``class``, else the annotators' toxicity.
+
+    Release records (``Prompt``, ``Annotations``/``AnnotationsRaw``) carry three annotators'
+    1-5 toxicity ratings; the prompt counts as toxic when the median rating is above 1 ("not
+    toxic"), i.e. when a majority of annotators saw some toxicity. Without the raw ratings the
+    mean is used with the same threshold rounded to the nearest rating (mean >= 1.5).
+    """
+    if "class" in row:
+        return row["class"]
+    raw = (row.get("AnnotationsRaw") or {}).get("Toxicity")
+    if isinstance(raw, list) and raw and all(isinstance(v, (int, float)) for v in raw):
+        return int(float(np.median(raw)) > RTPLX_NOT_TOXIC_RATING)
+    mean = (row.get("Annotations") or {}).get("Toxicity")
+    if isinstance(mean, (int, float)):
+        return int(float(mean) >= RTPLX_NOT_TOXIC_RATING + 0.5)
+    raise DataError(
+        f"{where}: an RTP-LX record needs a 0/1 'class' or annotator ratings 'Annotations.Toxicity'; "
+        f"it has keys {sorted(row)}. The file is not an RTP-LX prompt file."
+    )
+
+
+def _normalize_rtplx(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    out = []
+    for i, row in enumerate(rows):
+        prompt = row.get("prompt", row.get("Prompt"))
+        out.append({"prompt": prompt, "class": _rtplx_label(row, f"{source}, row {i}")})
+    return out
+
+
+def rtplx_rows(language: str, data_dir: str | os.PathLike | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Validated ``{"id", "prompt", "class"}`` rows of one RTP-LX locale and where they came from.
+
+    Mirror: ``<root>/rtp_lx_prompts/<language>.jsonl`` with ``prompt`` and ``class`` (0/1).
+    Hub: split ``<language>`` of ``microsoft/RTP-LX``; records in the release layout (``Prompt``
+    and annotator ratings) are mapped to the same two columns (see :func:`_rtplx_label`).
+    """
+    RTPLX.check_language(language)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raw, source = _read_hub(RTPLX, language), f"{RTPLX.hub_id} (Hub) split {language}"
+    else:
+        path = root / RTPLX.folder / f"{language}.jsonl"
+        if not path.is_file() and language not in RTPLX_MIRRORED:
+            raise DataError(
+                f"RTP-LX locale {language!r} is not in the mirror {root} (it has "
+                f"{RTPLX.folder}/<lang>.jsonl for {', '.join(RTPLX_MIRRORED)}). Run the mirrored "
+                f"locales offline (tasks safespace-continuation-{{{','.join(RTPLX_MIRRORED)}}}), or unset "
+                f"${DATA_DIR_ENV} / metadata {DATA_DIR_KEY} to read {RTPLX.hub_id} from the Hub."
+            )
+        raw, source = _read_mirror(RTPLX, language, root), str(path)
+    rows = _normalize_rtplx(raw, source)
+    _validate(RTPLX, language, rows, source)
+    return [{"id": i, **r} for i, r in enumerate(rows)], source
+
+
+def rtplx_docs(language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """Continuation prompts of one locale in stratified seeded order (``--limit`` keeps the toxic share).
+
+    Each doc is ``{"id", "prompt", "class"}``. Empty prompts are removed and counted; duplicate
+    prompts are kept (each is its own RTP-LX item) and counted.
+    """
+    rows, source = rtplx_rows(language, data_dir)
+    report = DataReport(source=source, n_rows=len(rows))
+    kept = [r for r in rows if r["prompt"].strip()]
+    report.empty_texts = len(rows) - len(kept)
+    counts = Counter(r["prompt"] for r in kept)
+    report.duplicate_texts = sum(c - 1 for c in counts.values() if c > 1)
+    if report.empty_texts:
+        log.warning("%s/%s: excluded %d empty prompts", RTPLX.hub_id, language, report.empty_texts)
+    if not kept:
+        raise DataError(f"RTP-LX locale {language!r} at {source} has no non-empty prompt.")
+    order = stratified_order([r["class"] for r in kept], seed)
+    return [kept[i] for i in order], report
+
+
+def detox_docs(language: str, *, data_dir: str | None = None, seed: int = 1234) -> tuple[list[dict], DataReport]:
+    """Toxic sentences to rewrite, with their human neutral rewrite, in seeded order.
+
+    Each doc is ``{"id", "toxic_sentence", "neutral_sentence", "language", "language_name"}``.
+    Pairs whose toxic sentence or reference is empty are removed and counted (``empty_texts``);
+    pairs whose reference equals the source are kept and counted in the report notes (a
+    reference that is a copy makes the fluency score reward copying).
+    """
+    rows = load_rows(PARADETOX.hub_id, language, data_dir)
+    root = resolve_data_dir(data_dir)
+    report = DataReport(
+        source=str(root / PARADETOX.folder / f"{language}.jsonl") if root else f"{PARADETOX.hub_id} (Hub) split {language}",
+        n_rows=len(rows),
+    )
+    kept = [r for r in rows if r["toxic_sentence"].strip() and r["neutral_sentence"].strip()]
+    report.empty_texts = len(rows) - len(kept)
+    copies = sum(1 for r in kept if r["toxic_sentence"].strip() == r["neutral_sentence"].strip())
+    if copies:
+        report.notes.append(f"{copies} references are identical to their toxic source")
+    counts = Counter(r["toxic_sentence"] for r in kept)
+    report.duplicate_texts = sum(c - 1 for c in counts.values() if c > 1)
+    if report.empty_texts:
+        log.warning("%s/%s: excluded %d pairs with an empty side", PARADETOX.hub_id, language, report.empty_texts)
+    if not kept:
+        raise DataError(f"{PARADETOX.hub_id} language {language!r} has no pair with both sides non-empty.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(kept))
+    name = language_name(language)
+    return [{**kept[i], "language": language, "language_name": name} for i in order], report
+
+
+DOC_LOADERS[RTPLX.hub_id] = rtplx_docs
+
+__all__ += ["RTPLX", "RTPLX_MIRRORED", "LANGUAGE_NAMES", "language_name", "rtplx_rows", "rtplx_docs", "detox_docs"]

@@ -8,21 +8,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safespace_tasks.data import PARADETOX, TOXICITY
+from safespace_tasks.data import PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
 
 HERE = Path(__file__).resolve().parent
 
 # family folder -> (template file, dataset spec, group name, per-language task prefix, metrics averaged by the group)
 SEPARATION_METRICS = ["bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"]
 PAIR_METRICS = SEPARATION_METRICS + ["paired_shift", "pair_order_acc"]
+SCORER_QUALITY = ["scorer_heldout_acc", "scorer_heldout_auroc", "scorer_indomain_acc", "scorer_indomain_auroc"]
+CONTINUATION_METRICS = [
+    "expected_max_toxicity", "toxicity_probability", "mean_toxicity",
+    "expected_max_toxicity_toxic_prompts", "expected_max_toxicity_nontoxic_prompts",
+    "toxicity_probability_toxic_prompts", "toxicity_probability_nontoxic_prompts", "empty_rate", *SCORER_QUALITY,
+]
+DETOX_METRICS = ["sta", "sim", "fl", "joint", "joint_copy_baseline", "joint_reference", "empty_rate", *SCORER_QUALITY]
+RECOGNITION_METRICS = ["acc", "auroc", "yes_rate"]
 FAMILIES = {
     "toxicity": ("_toxicity_template_yaml", TOXICITY, "safespace_toxicity", "safespace-toxicity", SEPARATION_METRICS),
+    "continuation": ("_continuation_template_yaml", RTPLX, "safespace_continuation", "safespace-continuation", CONTINUATION_METRICS),
+    "detox": ("_detox_template_yaml", PARADETOX, "safespace_detox", "safespace-detox", DETOX_METRICS),
+    "recognition": ("_recognition_template_yaml", TOXICITY, "safespace_recognition", "safespace-recognition", RECOGNITION_METRICS),
     "paradetox": ("_paradetox_template_yaml", PARADETOX, "safespace_paradetox", "safespace-paradetox", PAIR_METRICS),
     "detoxpref": (
         "_detoxpref_template_yaml", PARADETOX, "safespace_detoxpref", "safespace-detoxpref",
         ["likelihood_preference", "likelihood_preference_raw"],
     ),
 }
+# Families whose group (the family row) holds only some of their languages: RTP-LX locales outside
+# the mirror exist as tasks (they read the Hub) but stay out of the group, so that the group runs
+# offline. Their task names still match `safespace-continuation-*`.
+GROUP_LANGUAGES = {"continuation": RTPLX_MIRRORED}
 
 
 def task_yaml(template: str, task: str, language: str) -> str:
@@ -51,12 +66,14 @@ def main() -> None:
         for old in out.glob(f"{prefix}-*.yaml"):
             old.unlink()
         tasks = []
+        in_group = GROUP_LANGUAGES.get(folder, spec.languages)
         for lang in spec.languages:
             task = f"{prefix}-{lang}"
             (out / f"{task}.yaml").write_text(task_yaml(template, task, lang), encoding="utf-8")
-            tasks.append(task)
+            if lang in in_group:
+                tasks.append(task)
         (out / f"_{group}.yaml").write_text(group_yaml(group, tasks, metrics), encoding="utf-8")
-        print(f"{folder}: {len(tasks)} languages, group {group}")
+        print(f"{folder}: {len(spec.languages)} languages, {len(tasks)} in group {group}")
 
 
 if __name__ == "__main__":
