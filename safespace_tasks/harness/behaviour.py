@@ -275,7 +275,10 @@ class ScoreGenerations(Filter):
         self.task = task
 
     def apply(self, resps, docs):
-        return self.task.score_responses([list(r) for r in resps], list(docs))
+        # lm-eval pads data-parallel ranks by appending copies of the last request's responses to
+        # that request: keep the first `repeats` of each, so no prompt is scored twice
+        repeats = int(self.task.config.repeats or 1)
+        return self.task.score_responses([list(r)[:repeats] for r in resps], list(docs))
 
 
 # --------------------------------------------------------------------------- task base
