@@ -30,13 +30,15 @@ def assert_same_metrics(a: dict, b: dict, tasks, metrics=SEPARATION, rel=1e-4):
 
 # --------------------------------------------------------------------------- data parallel
 
-DP_TASKS = ["safespace-toxicity-en", "safespace-paradetox-de", "safespace-detoxpref-de"]
+DP_TASKS = ["safespace-toxicity-en", "safespace-paradetox-de", "safespace-detoxpref-de", "safespace-continuation-en"]
 
 
 def _dp_args(model, out, model_name="safespace-hf"):
+    # greedy, one continuation per prompt: generation is deterministic, so ranks must reproduce one process
     return ["--model", model_name, "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
             "--tasks", ",".join(DP_TASKS), "--limit", "21", "--batch_size", "4", "--output_path", str(out),
-            "--metadata", json.dumps({"bootstrap_iters": 30})]
+            "--gen_kwargs", "do_sample=false,max_gen_toks=8",
+            "--metadata", json.dumps({"bootstrap_iters": 30, "samples_per_prompt": 1})]
 
 
 def _accelerate(args, env, cwd):
@@ -69,6 +71,10 @@ def test_two_cpu_processes_give_the_single_process_numbers(tiny_model_long, mirr
         assert len(b.ids) == n and len(set(b.ids.tolist())) == n  # each text once, none lost
         assert r2["results"][task]["sample_len"] == 21
     assert r2["results"]["safespace-detoxpref-de"]["sample_len"] == 21
+    cont1, cont2 = r1["results"]["safespace-continuation-en"], r2["results"]["safespace-continuation-en"]
+    assert cont2["sample_len"] == 21
+    for m in ("expected_max_toxicity", "toxicity_probability", "mean_toxicity"):
+        assert cont2[f"{m},none"] == pytest.approx(cont1[f"{m},none"], abs=1e-9), m
 
 
 def test_stock_lm_eval_under_accelerate_matches_one_process(tiny_model_long, mirror, tmp_path):
