@@ -16,7 +16,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import Collator
+from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
 from tqdm import tqdm
 
 from safespace_tasks.capture import CaptureError, HiddenState, capture_pooled, find_decoder_parts, pad_batch, resolve_layers
@@ -103,12 +103,15 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     except CaptureError as err:
         raise CaptureError(f"{err} Model: {type(self.model).__name__}.") from err
     max_len = int(self.max_length)
-    items = []
-    for index, req in enumerate(requests):
+    texts, all_opts = [], []
+    for req in requests:
         text, options = req.args
         opts = normalize_options(options)
         resolve_layers(opts["layers"], parts.n_layers)  # fail before any forward pass
-        toks = self.tok_encode(text)
+        texts.append(text)
+        all_opts.append(opts)
+    items = []
+    for index, (req, opts, toks) in enumerate(zip(requests, all_opts, encode_texts(self, texts))):
         if not toks:
             raise ValueError(
                 f"{req.task_name} doc {req.doc_id}: the text is empty after tokenization; remove empty texts "
@@ -145,6 +148,33 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
             pbar.update(len(chunk))
     pbar.close()
     return collator.get_original(results)
+
+
+def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, exactly as ``lm.tok_encode(text)`` returns them.
+
+    While the backend keeps lm-eval's own ``tok_encode`` and the tokenizer is a fast one, all texts
+    go to the tokenizer in one batched call (one trip into the Rust tokenizer instead of one per
+    text, and the BOS text decoded once), with the same special-token rule: ``add_bos_token`` when
+    set, and no special tokens for a text that already starts with the BOS text. A backend that
+    overrides ``tok_encode`` gets it called per text.
+    """
+    tok = lm.tokenizer
+    if len(texts) < 2 or type(lm).tok_encode is not HFLM.tok_encode or not getattr(tok, "is_fast", False):
+        return [lm.tok_encode(t) for t in texts]
+    kwargs = _add_special_kwargs(None, lm.add_bos_token)
+    bos_text = tok.decode(lm.prefix_token_id)
+    out: list[list[int] | None] = [None] * len(texts)
+    prefixed = [has_bos_prefix(t, bos_text) for t in texts]
+    for flag, extra in ((False, {}), (True, {"add_special_tokens": False})):
+        idx = [i for i, p in enumerate(prefixed) if p is flag]
+        if not idx:
+            continue
+        enc = tok([texts[i] for i in idx], **{**kwargs, **extra},
+                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        for i, ids in zip(idx, enc):
+            out[i] = list(ids)
+    return out  # type: ignore[return-value]
 
 
 def _groups(collator: Collator):
