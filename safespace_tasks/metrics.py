@@ -81,14 +81,15 @@ def validate_states(X: Any, y: Any, *, min_per_class: int = 2, what: str = "stat
         )
     if not np.issubdtype(X.dtype, np.number):
         raise SeparationInputError(f"{what} must be numeric; got dtype {X.dtype}.")
-    X = X.astype(np.float64, copy=False)
-    bad = ~np.isfinite(X)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+    # finiteness is checked on the input's own dtype, in row blocks (no n x d mask of a large set)
+    block = max(1, (1 << 22) // max(1, X.shape[1]))
+    if not all(np.isfinite(X[i : i + block]).all() for i in range(0, X.shape[0], block)):
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise SeparationInputError(
             f"{what} hold NaN or inf in {rows.size} of {X.shape[0]} rows (first rows: {rows[:5].tolist()}). "
             "This usually means the model overflowed in float16: rerun with dtype=bfloat16 or float32."
         )
+    X = X.astype(np.float64, copy=False)
     labels = np.unique(y)
     if not np.isin(labels, [0, 1]).all():
         raise SeparationInputError(f"labels must be 0 (non-toxic) or 1 (toxic); got values {labels.tolist()[:10]}.")
