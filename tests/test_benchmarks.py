@@ -22,16 +22,16 @@ def run_script(script: str, args: list[str], mirror: Path) -> None:
 def test_hidden_state_benchmark_writes_every_path_and_ratio(mirror, tmp_path):
     out = tmp_path / "hidden.json"
     run_script("bench_hidden_states.py", ["--mode", "cpu", "--shape", "small", "--n-texts", "32", "--repeats", "1",
-                                          "--paths", "abcdh", "--out", str(out)], mirror)
+                                          "--paths", "abcdnh", "--out", str(out)], mirror)
     r = json.loads(out.read_text())
     assert r["mode"] == "cpu" and r["settings"]["shape"] == "small" and r["texts"]["n"] == 32
-    assert set(r["paths"]) == {"a", "b", "c", "d", "h"}
+    assert set(r["paths"]) == {"a", "b", "c", "d", "n", "h"}
     for p in r["paths"].values():
         assert p["seconds"] > 0 and p["tokens_per_s"] > 0 and p["peak_bytes"] > 0
     for key in ("a/b", "a/c", "d/b", "mem a/b"):
         assert math.isfinite(r["ratios"][key]["value"]) and isinstance(r["ratios"][key]["met"], bool)
     assert r["ratios"]["d/b"]["ideal_L_over_k"] == 2.0
-    assert "h/b" in r["ratios"] and isinstance(r["targets_met"], bool)
+    assert "h/b" in r["ratios"] and "n/b" in r["ratios"] and isinstance(r["targets_met"], bool)
     assert r["checks"]["a_vs_b_max_abs_diff_relative"] < 1e-5  # the harness returns what the limit computes
     assert r["versions"]["lm_eval"] and r["load_average"]["start"] is not None
 
