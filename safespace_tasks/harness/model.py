@@ -173,7 +173,7 @@ def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
         enc = tok([texts[i] for i in idx], **{**kwargs, **extra},
                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         for i, ids in zip(idx, enc):
-            out[i] = list(ids)
+            out[i] = ids
     return out  # type: ignore[return-value]
 
 
