@@ -19,9 +19,11 @@ the sampling spread of the metric given the basis; refitting PCA per replicate w
 
 from __future__ import annotations
 
+import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -45,10 +47,12 @@ __all__ = [
     "silhouette",
     "probe_auroc",
     "stratified_bootstrap_weights",
+    "stratified_subsample",
     "separation_metrics",
     "PairedDifference",
     "paired_bootstrap_difference",
     "paired_shift_difference",
+    "SILHOUETTE_MAX_N",
 ]
 
 # Relative ridge added to a covariance that is singular (or numerically so): lambda =
@@ -80,14 +84,15 @@ def validate_states(X: Any, y: Any, *, min_per_class: int = 2, what: str = "stat
         )
     if not np.issubdtype(X.dtype, np.number):
         raise SeparationInputError(f"{what} must be numeric; got dtype {X.dtype}.")
-    X = X.astype(np.float64, copy=False)
-    bad = ~np.isfinite(X)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+    # finiteness is checked on the input's own dtype, in row blocks (no n x d mask of a large set)
+    block = max(1, (1 << 22) // max(1, X.shape[1]))
+    if not all(np.isfinite(X[i : i + block]).all() for i in range(0, X.shape[0], block)):
+        rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise SeparationInputError(
             f"{what} hold NaN or inf in {rows.size} of {X.shape[0]} rows (first rows: {rows[:5].tolist()}). "
             "This usually means the model overflowed in float16: rerun with dtype=bfloat16 or float32."
         )
+    X = X.astype(np.float64, copy=False)
     labels = np.unique(y)
     if not np.isin(labels, [0, 1]).all():
         raise SeparationInputError(f"labels must be 0 (non-toxic) or 1 (toxic); got values {labels.tolist()[:10]}.")
@@ -239,23 +244,54 @@ def bhattacharyya_distance(Z: np.ndarray, y: np.ndarray, *, ridge: float | None 
     return gaussian_bhattacharyya(Z0.mean(axis=0), cov0, Z1.mean(axis=0), cov1, ridge=ridge)
 
 
-def silhouette(Z: np.ndarray, y: np.ndarray, *, chunk_rows: int = 2048) -> float:
+def silhouette(
+    Z: np.ndarray, y: np.ndarray, *, chunk_rows: int = 2048, sample_size: int | None = None, seed: int = 0
+) -> float:
     r"""Mean silhouette coefficient of ``Z`` with clusters given by ``y`` (Euclidean distance).
 
     For text i in class c: a(i) = mean distance to the other members of c, b(i) = mean distance
     to the members of the other class, s(i) = (b - a) / max(a, b); the score is the mean of s(i)
     (Rousseeuw 1987; the same value as ``sklearn.metrics.silhouette_score``). Computed in row
-    chunks, so memory stays at ``chunk_rows x n``.
+    chunks, so memory stays at ``chunk_rows x n``; the cost is O(n^2 k).
+
+    ``sample_size`` (like scikit-learn's): score a seeded, class-stratified subsample of that many
+    texts instead (see :func:`stratified_subsample`); None scores all texts.
     """
     Z, y = validate_states(Z, y, min_per_class=1, what="projected states")
+    if sample_size is not None and sample_size < Z.shape[0]:
+        idx = stratified_subsample(y, sample_size, seed)
+        Z, y = Z[idx], y[idx]
     w = np.ones((Z.shape[0], 1))
     return float(_weighted_silhouette(Z, y, w, chunk_rows=chunk_rows)[0])
+
+
+def stratified_subsample(y: np.ndarray, size: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Sorted row indices of a seeded subsample of about ``size`` texts that keeps the class shares
+    (each class gets its share, rounded, and at least 2 texts). With ``groups``, whole groups are
+    drawn (in a seeded order, until ``size`` texts are reached), so pairs stay together."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    n = y.shape[0]
+    if size >= n:
+        return np.arange(n)
+    if groups is not None:
+        uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        sizes = np.bincount(inverse)
+        chosen = rng.permutation(uniq.size)
+        keep = chosen[: int(np.searchsorted(np.cumsum(sizes[chosen]), size) + 1)]
+        return np.flatnonzero(np.isin(inverse, keep))
+    picks = []
+    for c in (0, 1):
+        members = np.flatnonzero(y == c)
+        take = min(members.size, max(2, int(round(size * members.size / n))))
+        picks.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(picks))
 
 
 def _pairwise_rows(Z: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
     D2 = sq[rows, None] + sq[None, :] - 2.0 * (Z[rows] @ Z.T)
     np.maximum(D2, 0.0, out=D2)
-    return np.sqrt(D2)
+    return np.sqrt(D2, out=D2)
 
 
 def _weighted_silhouette(Z: np.ndarray, y: np.ndarray, W: np.ndarray, *, chunk_rows: int = 2048) -> np.ndarray:
@@ -264,24 +300,30 @@ def _weighted_silhouette(Z: np.ndarray, y: np.ndarray, W: np.ndarray, *, chunk_r
     A weight w_i is the number of copies of text i in a bootstrap resample; copies sit at
     distance 0 from each other, so a(i) = sum_{j in c} w_j d_ij / (W_c - 1) and
     b(i) = sum_{j not in c} w_j d_ij / W_other, exactly as the silhouette of the resample.
+    Rows are put in class order first, so each class is one contiguous block of the distance
+    matrix and the weighted sums are two matrix products on views (no copies): O(n^2 (k + B)).
     """
+    order = np.argsort(y, kind="stable")
+    Z, y, W = Z[order], y[order], W[order]
     n, B = W.shape
+    n0 = int(np.sum(y == 0))
+    chunk_rows = max(1, min(chunk_rows, (1 << 24) // max(n, 1)))  # at most ~128 MiB of distances
     sq = np.einsum("ij,ij->i", Z, Z)
-    own = np.zeros((n, B))
-    other = np.zeros((n, B))
-    masks = [(y == c) for c in (0, 1)]
+    own = np.empty((n, B))
+    other = np.empty((n, B))
     for start in range(0, n, chunk_rows):
         rows = slice(start, min(n, start + chunk_rows))
         D = _pairwise_rows(Z, rows, sq)
         # exact zero on the diagonal (the expansion above leaves rounding noise)
         idx = np.arange(rows.start, rows.stop)
         D[idx - rows.start, idx] = 0.0
-        s0 = D[:, masks[0]] @ W[masks[0]]
-        s1 = D[:, masks[1]] @ W[masks[1]]
-        yr = y[rows][:, None]
-        own[rows] = np.where(yr == 0, s0, s1)
-        other[rows] = np.where(yr == 0, s1, s0)
-    wc = np.stack([W[masks[0]].sum(axis=0), W[masks[1]].sum(axis=0)])  # 2 x B
+        s0 = D[:, :n0] @ W[:n0]
+        s1 = D[:, n0:] @ W[n0:]
+        cut = min(max(n0 - rows.start, 0), rows.stop - rows.start)  # rows of class 0 in this chunk
+        own_c, other_c = own[rows], other[rows]  # views
+        own_c[:cut], other_c[:cut] = s0[:cut], s1[:cut]
+        own_c[cut:], other_c[cut:] = s1[cut:], s0[cut:]
+    wc = np.stack([W[:n0].sum(axis=0), W[n0:].sum(axis=0)])  # 2 x B
     w_own = wc[y]  # n x B
     w_other = wc[1 - y]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -424,8 +466,10 @@ def _weighted_bhattacharyya(Z: np.ndarray, y: np.ndarray, W: np.ndarray, ridge: 
         Zc, Wc = Z[m], W[m]
         wc = Wc.sum(axis=0)
         mu = (Wc.T @ Zc) / wc[:, None]  # B x k
-        second = np.einsum("nb,ni,nj->bij", Wc, Zc, Zc)
-        cov = (second - wc[:, None, None] * np.einsum("bi,bj->bij", mu, mu)) / (wc - 1.0)[:, None, None]
+        # weighted second moments of every replicate in one matrix product: B x (k*k)
+        outer = (Zc[:, :, None] * Zc[:, None, :]).reshape(Zc.shape[0], k * k)
+        second = (Wc.T @ outer).reshape(-1, k, k)
+        cov = (second - wc[:, None, None] * (mu[:, :, None] * mu[:, None, :])) / (wc - 1.0)[:, None, None]
         mus.append(mu)
         covs.append(cov + ridge * eye)
     cov_bar = (covs[0] + covs[1]) / 2.0
@@ -438,7 +482,24 @@ def _weighted_bhattacharyya(Z: np.ndarray, y: np.ndarray, W: np.ndarray, ridge: 
 
 
 def _weighted_auroc(y: np.ndarray, scores: np.ndarray, W: np.ndarray) -> np.ndarray:
-    return np.array([roc_auc_score(y, scores, sample_weight=W[:, b]) for b in range(W.shape[1])])
+    r"""AUROC of ``scores`` for each column of the replicate weights ``W`` (n x B), as
+    ``roc_auc_score(y, scores, sample_weight=W[:, b])``: the weighted Mann-Whitney statistic
+    (ties count one half), with one sort for all replicates, O(n log n + n B).
+
+    .. math::
+        \mathrm{AUC}_b = \frac{\sum_{g} P_{gb} (N_{<g,b} + \tfrac12 N_{gb})}{P_b N_b}
+
+    over the distinct score values g: P_gb and N_gb are the positive and negative weights at g,
+    N_<g,b the negative weight below it, P_b and N_b the totals.
+    """
+    values, inverse = np.unique(scores, return_inverse=True)
+    pos = np.zeros((values.size, W.shape[1]))
+    neg = np.zeros((values.size, W.shape[1]))
+    np.add.at(pos, inverse[y == 1], W[y == 1])
+    np.add.at(neg, inverse[y == 0], W[y == 0])
+    below = np.cumsum(neg, axis=0) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=0) / (pos.sum(axis=0) * neg.sum(axis=0))
 
 
 # --------------------------------------------------------------------------- all together
@@ -475,6 +536,13 @@ class SeparationResult:
 METRIC_NAMES = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
 
 
+# Above this many texts the silhouette (point estimate and bootstrap) is computed on a seeded,
+# class-stratified subsample of this size: its cost is quadratic in n (O(n^2 (k + B)) with the
+# bootstrap), while every other metric is linear. Every real per-language set (at most 5,000
+# texts) stays below it, so for them the silhouette uses all texts.
+SILHOUETTE_MAX_N = 10_000
+
+
 def separation_metrics(
     X: np.ndarray,
     y: np.ndarray,
@@ -487,23 +555,36 @@ def separation_metrics(
     ridge: float | None = None,
     probe: bool = True,
     probe_folds: int = 5,
+    silhouette_max_n: int | None = SILHOUETTE_MAX_N,
 ) -> SeparationResult:
     """Between-class variance ratio, Bhattacharyya distance and silhouette on PCA-``k`` of ``X``,
     and the cross-validated probe AUROC on ``X`` itself, each with a stratified-bootstrap
     standard error and percentile interval (``n_boot`` replicates; 0 skips the bootstrap).
 
     ``groups`` ties texts together (pairs): the probe's folds and the bootstrap keep a group whole.
+
+    Large sets: with more than ``silhouette_max_n`` texts (default :data:`SILHOUETTE_MAX_N`; None
+    never), the silhouette and its bootstrap are computed on a seeded, class-stratified subsample of
+    ``silhouette_max_n`` texts (whole groups when ``groups`` is given), resampled within that
+    subsample; ``diagnostics["silhouette_sample"]`` records its size (None: all texts). The other
+    metrics always use every text. ``diagnostics["seconds"]`` records where the time went.
     """
-    X, y = validate_states(X, y, min_per_class=2)
+    timer = _StageTimer()
+    with timer("validate"):
+        X, y = validate_states(X, y, min_per_class=2)
     n, d = X.shape
     _check_k(n, d, k)
-    Z, evr = pca_project(X, k, random_state=seed)
-    bhat = bhattacharyya_distance(Z, y, ridge=ridge)
-    values = {
-        "bcv_ratio": between_class_variance_ratio(Z, y),
-        "bhattacharyya": bhat.distance,
-        "silhouette": silhouette(Z, y),
-    }
+    with timer("pca"):
+        Z, evr = pca_project(X, k, random_state=seed)
+    with timer("bcv_bhattacharyya"):
+        bhat = bhattacharyya_distance(Z, y, ridge=ridge)
+        values = {"bcv_ratio": between_class_variance_ratio(Z, y), "bhattacharyya": bhat.distance}
+    sil_idx = None
+    if silhouette_max_n is not None and n > silhouette_max_n:
+        sil_idx = stratified_subsample(y, int(silhouette_max_n), seed + 3, groups=groups)
+    Zs, ys = (Z, y) if sil_idx is None else (Z[sil_idx], y[sil_idx])
+    with timer("silhouette"):
+        values["silhouette"] = silhouette(Zs, ys)
     counts = np.bincount(y, minlength=2)
     diagnostics: dict[str, Any] = {
         "n": int(n),
@@ -516,10 +597,12 @@ def separation_metrics(
         "bhattacharyya_mahalanobis_term": bhat.mahalanobis_term,
         "bhattacharyya_covariance_term": bhat.covariance_term,
         "bcv_ratio_unit": "fraction",
+        "silhouette_sample": None if sil_idx is None else int(sil_idx.size),
     }
     probe_res = None
     if probe:
-        probe_res = probe_auroc(X, y, groups=groups, n_splits=probe_folds, seed=seed)
+        with timer("probe"):
+            probe_res = probe_auroc(X, y, groups=groups, n_splits=probe_folds, seed=seed)
         values["probe_auroc"] = probe_res.auroc
         diagnostics.update(
             probe_folds=probe_res.n_splits, probe_grouped=probe_res.grouped, probe_not_converged=probe_res.not_converged
@@ -527,25 +610,46 @@ def separation_metrics(
     stderr: dict[str, float] = {}
     ci: dict[str, tuple[float, float]] = {}
     if n_boot and n_boot > 1:
-        W = stratified_bootstrap_weights(y, int(n_boot), seed + 1, groups=groups)
-        reps = {
-            "bcv_ratio": _weighted_bcv(Z, y, W),
-            "bhattacharyya": _weighted_bhattacharyya(Z, y, W, bhat.ridge),
-            "silhouette": _weighted_silhouette(Z, y, W),
-        }
-        if probe_res is not None:
-            reps["probe_auroc"] = _weighted_auroc(y, probe_res.oof_scores, W)
+        with timer("bootstrap"):
+            W = stratified_bootstrap_weights(y, int(n_boot), seed + 1, groups=groups)
+            reps = {
+                "bcv_ratio": _weighted_bcv(Z, y, W),
+                "bhattacharyya": _weighted_bhattacharyya(Z, y, W, bhat.ridge),
+            }
+            if probe_res is not None:
+                reps["probe_auroc"] = _weighted_auroc(y, probe_res.oof_scores, W)
+        with timer("bootstrap_silhouette"):
+            Ws = W if sil_idx is None else stratified_bootstrap_weights(
+                ys, int(n_boot), seed + 2, groups=None if groups is None else np.asarray(groups)[sil_idx]
+            )
+            reps["silhouette"] = _weighted_silhouette(Zs, ys, Ws)
         alpha = (1.0 - ci_level) / 2.0
-        for name, r in reps.items():
-            r = r[np.isfinite(r)]
+        for name in values:
+            r = reps[name][np.isfinite(reps[name])]
             stderr[name] = float(np.std(r, ddof=1)) if r.size > 1 else float("nan")
             lo, hi = np.quantile(r, [alpha, 1.0 - alpha]) if r.size else (np.nan, np.nan)
             ci[name] = (float(lo), float(hi))
         diagnostics["bootstrap"] = "stratified by class" if groups is None else "stratified, whole groups"
+    diagnostics["seconds"] = timer.seconds
     return SeparationResult(
         values=values, stderr=stderr, ci=ci, ci_level=ci_level, n_boot=int(n_boot or 0),
         diagnostics=diagnostics, projection=Z,
     )
+
+
+class _StageTimer:
+    """Wall seconds per named stage (``with timer("pca"): ...``), for the diagnostics."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 6)
 
 
 # --------------------------------------------------------------------------- pairs

@@ -114,3 +114,18 @@ def test_layer_indices_are_checked():
 def test_a_model_without_decoder_blocks_gets_a_clear_error():
     with pytest.raises(CaptureError, match="decoder blocks"):
         find_decoder_parts(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pad_batch_matches_a_row_by_row_reference(side):
+    rng = np.random.default_rng(0)
+    lists = [rng.integers(1, 500, size=int(n)).tolist() for n in rng.integers(1, 30, size=11)]
+    ids, mask = pad_batch(lists, 0, side)
+    width = max(len(t) for t in lists)
+    assert ids.shape == mask.shape == (11, width) and ids.dtype == mask.dtype == torch.long
+    for row, toks in enumerate(lists):
+        real = slice(width - len(toks), width) if side == "left" else slice(0, len(toks))
+        assert ids[row, real].tolist() == toks and mask[row, real].sum() == len(toks) == mask[row].sum()
+        assert (ids[row][mask[row] == 0] == 0).all()
+    with pytest.raises(CaptureError, match="no tokens"):
+        pad_batch([[1, 2], []], 0, side)

@@ -167,3 +167,55 @@ def test_singular_covariance_gets_an_explicit_reported_ridge():
         M.bhattacharyya_distance(Z, y, ridge=0.0)
     full = M.separation_metrics(np.hstack([Z, np.zeros((100, 4))]), y, k=6, n_boot=10)
     assert full.diagnostics["bhattacharyya_ridge"] > 0
+
+
+def test_weighted_auroc_equals_scikit_learn_with_sample_weights_and_ties():
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 2, 300)
+    scores = np.round(rng.normal(size=300) + 0.7 * y, 1)  # many tied scores
+    W = M.stratified_bootstrap_weights(y, 7, seed=3)
+    want = [roc_auc_score(y, scores, sample_weight=W[:, b]) for b in range(7)]
+    np.testing.assert_allclose(M._weighted_auroc(y, scores, W), want, rtol=1e-12)
+
+
+def test_weighted_silhouette_with_interleaved_labels_and_small_chunks():
+    # rows of both classes interleaved: the class-ordered blocks and chunk edges must not matter
+    rng = np.random.default_rng(13)
+    Z = rng.normal(size=(90, 3))
+    y = rng.integers(0, 2, 90)
+    Z[y == 1] += 0.8
+    W = M.stratified_bootstrap_weights(y, 3, seed=4)
+    for b in range(3):
+        idx = np.repeat(np.arange(90), W[:, b].astype(int))
+        got = M._weighted_silhouette(Z, y, W[:, [b]], chunk_rows=7)[0]
+        assert got == pytest.approx(silhouette_score(Z[idx], y[idx]), rel=1e-10)
+    assert M.silhouette(Z, y, chunk_rows=5) == pytest.approx(silhouette_score(Z, y), rel=1e-10)
+
+
+def test_stratified_subsample_keeps_class_shares_and_whole_groups():
+    y = np.r_[np.zeros(700, int), np.ones(300, int)]
+    idx = M.stratified_subsample(y, 100, seed=1)
+    assert idx.size == 100 and np.bincount(y[idx]).tolist() == [70, 30]
+    assert np.array_equal(idx, np.unique(idx)) and np.array_equal(idx, M.stratified_subsample(y, 100, seed=1))
+    assert not np.array_equal(idx, M.stratified_subsample(y, 100, seed=2))
+    assert np.array_equal(M.stratified_subsample(y, 5000, seed=1), np.arange(1000))
+    groups = np.repeat(np.arange(500), 2)
+    pairs = M.stratified_subsample(np.tile([1, 0], 500), 101, seed=0, groups=groups)
+    assert pairs.size >= 101 and np.all(np.bincount(groups[pairs])[np.unique(groups[pairs])] == 2)
+
+
+def test_silhouette_subsample_policy_applies_only_above_the_threshold():
+    X, y, _ = planted(n_per_class=400, k=10)
+    below = M.separation_metrics(X, y, k=10, n_boot=20, seed=0, probe=False)
+    assert below.diagnostics["silhouette_sample"] is None
+    assert below.values["silhouette"] == pytest.approx(silhouette_score(below.projection, y), rel=1e-10)
+    above = M.separation_metrics(X, y, k=10, n_boot=20, seed=0, probe=False, silhouette_max_n=300)
+    assert above.diagnostics["silhouette_sample"] == 300
+    idx = M.stratified_subsample(y, 300, seed=3)
+    assert above.values["silhouette"] == pytest.approx(silhouette_score(above.projection[idx], y[idx]), rel=1e-10)
+    # every other metric still uses all texts
+    for name in ("bcv_ratio", "bhattacharyya"):
+        assert above.values[name] == below.values[name]
+    assert above.stderr["silhouette"] > 0
+    assert {"pca", "silhouette", "bootstrap", "bootstrap_silhouette"} <= set(above.diagnostics["seconds"])
+    assert M.SILHOUETTE_MAX_N >= 5_000  # every real per-language set is scored on all its texts

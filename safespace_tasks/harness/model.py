@@ -17,7 +17,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import Collator
+from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
 from tqdm import tqdm
 
 from safespace_tasks.capture import CaptureError, HiddenState, capture_pooled, find_decoder_parts, pad_batch, resolve_layers
@@ -174,13 +174,15 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     hits: dict[str, tuple] = {}
     for folder, cache in caches.items():
         hits.update(cache.get_many(it[3] for it in items if it[3] and it[2]["state_cache"] == folder))
-    todo = []
+    misses = []
     for index, text, opts, cache_key in items:
         if cache_key is not None and cache_key in hits:
             vec, layers, n_tokens, truncated = hits[cache_key]
             results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True)
-            continue
-        toks = self.tok_encode(text)
+        else:
+            misses.append((index, text, opts, cache_key))
+    todo = []
+    for (index, _, opts, cache_key), toks in zip(misses, encode_texts(self, [m[1] for m in misses])):
         req = requests[index]
         if not toks:
             raise ValueError(
@@ -221,6 +223,33 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     for cache in caches.values():
         cache.close()
     return results  # type: ignore[return-value]
+
+
+def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, exactly as ``lm.tok_encode(text)`` returns them.
+
+    While the backend keeps lm-eval's own ``tok_encode`` and the tokenizer is a fast one, all texts
+    go to the tokenizer in one batched call (one trip into the Rust tokenizer instead of one per
+    text, and the BOS text decoded once), with the same special-token rule: ``add_bos_token`` when
+    set, and no special tokens for a text that already starts with the BOS text. A backend that
+    overrides ``tok_encode`` gets it called per text.
+    """
+    tok = lm.tokenizer
+    if len(texts) < 2 or type(lm).tok_encode is not HFLM.tok_encode or not getattr(tok, "is_fast", False):
+        return [lm.tok_encode(t) for t in texts]
+    kwargs = _add_special_kwargs(None, lm.add_bos_token)
+    bos_text = tok.decode(lm.prefix_token_id)
+    out: list[list[int] | None] = [None] * len(texts)
+    prefixed = [has_bos_prefix(t, bos_text) for t in texts]
+    for flag, extra in ((False, {}), (True, {"add_special_tokens": False})):
+        idx = [i for i, p in enumerate(prefixed) if p is flag]
+        if not idx:
+            continue
+        enc = tok([texts[i] for i in idx], **{**kwargs, **extra},
+                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        for i, ids in zip(idx, enc):
+            out[i] = ids
+    return out  # type: ignore[return-value]
 
 
 def _groups(collator: Collator):
