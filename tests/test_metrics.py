@@ -219,3 +219,18 @@ def test_silhouette_subsample_policy_applies_only_above_the_threshold():
     assert above.stderr["silhouette"] > 0
     assert {"pca", "silhouette", "bootstrap", "bootstrap_silhouette"} <= set(above.diagnostics["seconds"])
     assert M.SILHOUETTE_MAX_N >= 5_000  # every real per-language set is scored on all its texts
+
+
+def test_paired_difference_scores_each_model_as_separation_metrics_does_even_when_subsampled():
+    X, y, _ = planted(n_per_class=200, k=10)
+    X_b = X + np.random.default_rng(5).normal(scale=2.0, size=X.shape)
+    kw = dict(k=5, n_boot=30, seed=4, probe=True, silhouette_max_n=250)
+    diff = M.paired_bootstrap_difference(X, X_b, y, **kw)
+    for states, values, stderr in ((X, diff.values_a, diff.stderr_a), (X_b, diff.values_b, diff.stderr_b)):
+        alone = M.separation_metrics(states, y, **kw)
+        assert alone.diagnostics["silhouette_sample"] == 250
+        for name, value in alone.values.items():
+            assert values[name] == pytest.approx(value, rel=1e-12)
+            assert stderr[name] == pytest.approx(alone.stderr[name], rel=1e-12)
+    assert diff.difference["bcv_ratio"] == pytest.approx(diff.values_b["bcv_ratio"] - diff.values_a["bcv_ratio"])
+    assert diff.difference["bcv_ratio"] < 0  # noise added to B pulls the classes together
