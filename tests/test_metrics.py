@@ -234,3 +234,28 @@ def test_paired_difference_scores_each_model_as_separation_metrics_does_even_whe
             assert stderr[name] == pytest.approx(alone.stderr[name], rel=1e-12)
     assert diff.difference["bcv_ratio"] == pytest.approx(diff.values_b["bcv_ratio"] - diff.values_a["bcv_ratio"])
     assert diff.difference["bcv_ratio"] < 0  # noise added to B pulls the classes together
+
+
+def test_probe_folds_fitted_side_by_side_equal_folds_fitted_one_by_one_and_count_non_convergence():
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 40))
+    y = (X[:, :3].sum(axis=1) + rng.normal(size=300) > 0).astype(int)
+    with threadpool_limits(limits=1):
+        assert M._fold_workers(5) == (1, 1)
+        serial = M.probe_auroc(X, y, seed=3)
+    with threadpool_limits(limits=4):
+        workers, blas = M._fold_workers(5)
+        parallel = M.probe_auroc(X, y, seed=3)
+    assert blas >= 1 and workers * blas <= 4
+    np.testing.assert_allclose(parallel.oof_scores, serial.oof_scores, rtol=1e-5, atol=1e-6)
+    assert parallel.auroc == pytest.approx(serial.auroc, abs=1e-6)
+    assert serial.not_converged == 0
+    # one L-BFGS iteration cannot converge: every fold is counted, and no warning leaks
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        capped = M.probe_auroc(X, y, seed=3, max_iter=1)
+    assert capped.not_converged == capped.n_splits == 5
