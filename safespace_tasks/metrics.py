@@ -72,10 +72,13 @@ class SeparationInputError(ValueError):
 # --------------------------------------------------------------------------- validation
 
 
-def validate_states(X: Any, y: Any, *, min_per_class: int = 2, what: str = "states") -> tuple[np.ndarray, np.ndarray]:
+def validate_states(
+    X: Any, y: Any, *, min_per_class: int = 2, what: str = "states", keep_float32: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Check and convert ``X`` (n x d, finite) and ``y`` (n binary labels, both classes present).
 
-    Returns float64 ``X`` and int ``y`` in {0, 1}.
+    Returns float64 ``X`` (float32 ``X`` stays float32 with ``keep_float32``, which the stages
+    that read the full states use: no float64 copy of a large set) and int ``y`` in {0, 1}.
     """
     X = np.asarray(X)
     y = np.asarray(y)
@@ -95,7 +98,8 @@ def validate_states(X: Any, y: Any, *, min_per_class: int = 2, what: str = "stat
             f"{what} hold NaN or inf in {rows.size} of {X.shape[0]} rows (first rows: {rows[:5].tolist()}). "
             "This usually means the model overflowed in float16: rerun with dtype=bfloat16 or float32."
         )
-    X = X.astype(np.float64, copy=False)
+    if not (keep_float32 and X.dtype == np.float32):
+        X = X.astype(np.float64, copy=False)
     labels = np.unique(y)
     if not np.isin(labels, [0, 1]).all():
         raise SeparationInputError(f"labels must be 0 (non-toxic) or 1 (toxic); got values {labels.tolist()[:10]}.")
@@ -127,15 +131,18 @@ def _check_k(n: int, d: int, k: int) -> None:
 def pca_project(X: np.ndarray, k: int, *, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Project ``X`` on its first ``k`` principal components.
 
-    PCA is fitted on all rows together, centred and not scaled (``sklearn.decomposition.PCA``).
-    Returns ``(Z, explained_variance_ratio)`` with ``Z`` of shape (n, k).
+    PCA is fitted on all rows together, centred and not scaled (``sklearn.decomposition.PCA``),
+    in float32 when the states are float32 (as captured) and float64 otherwise.
+    Returns ``(Z, explained_variance_ratio)`` with ``Z`` (float64) of shape (n, k).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype != np.float32:
+        X = X.astype(np.float64, copy=False)
     n, d = X.shape
     _check_k(n, d, k)
     pca = PCA(n_components=int(k), svd_solver="auto", random_state=random_state)
-    Z = pca.fit_transform(X)
-    return Z, pca.explained_variance_ratio_
+    Z = pca.fit_transform(X).astype(np.float64, copy=False)
+    return Z, pca.explained_variance_ratio_.astype(np.float64, copy=False)
 
 
 # --------------------------------------------------------------------------- metrics on Z
@@ -375,8 +382,8 @@ def probe_auroc(
     on large sets; the AUROC moves by less than the solver's own tolerance does (about 1e-4 on
     10,000 x 2,048 states).
     """
-    X, y = validate_states(X, y, min_per_class=2)
-    X = X.astype(np.float32)
+    X, y = validate_states(X, y, min_per_class=2, keep_float32=True)
+    X = X.astype(np.float32, copy=False)
     counts = np.bincount(y, minlength=2)
     splits = int(min(n_splits, counts.min()))
     if splits < 2:
@@ -609,7 +616,7 @@ def separation_metrics(
     """
     timer = _StageTimer()
     with timer("validate"):
-        X, y = validate_states(X, y, min_per_class=2)
+        X, y = validate_states(X, y, min_per_class=2, keep_float32=True)
     n, d = X.shape
     _check_k(n, d, k)
     m = _measure(
@@ -894,8 +901,8 @@ def paired_bootstrap_difference(
     and each model's replicate spread equal what :func:`separation_metrics` reported for it
     (the resamples come from ``seed + 1``, as there).
     """
-    X_a, y = validate_states(X_a, y, min_per_class=2, what="states of model A")
-    X_b, _ = validate_states(X_b, y, min_per_class=2, what="states of model B")
+    X_a, y = validate_states(X_a, y, min_per_class=2, what="states of model A", keep_float32=True)
+    X_b, _ = validate_states(X_b, y, min_per_class=2, what="states of model B", keep_float32=True)
     if n_boot < 2:
         raise SeparationInputError(f"a paired bootstrap needs at least 2 replicates; got n_boot={n_boot}.")
     for X in (X_a, X_b):

@@ -259,3 +259,17 @@ def test_probe_folds_fitted_side_by_side_equal_folds_fitted_one_by_one_and_count
         warnings.simplefilter("error")
         capped = M.probe_auroc(X, y, seed=3, max_iter=1)
     assert capped.not_converged == capped.n_splits == 5
+
+
+def test_float32_states_are_measured_without_a_float64_copy_and_agree_with_float64():
+    X, y, _ = planted(n_per_class=300, k=10)
+    X32 = X.astype(np.float32)
+    Xv, _ = M.validate_states(X32, y, keep_float32=True)
+    assert Xv.dtype == np.float32 and np.shares_memory(Xv, X32)
+    assert M.validate_states(X32, y)[0].dtype == np.float64
+    a = M.separation_metrics(X32, y, k=10, n_boot=30, seed=2)
+    b = M.separation_metrics(X32.astype(np.float64), y, k=10, n_boot=30, seed=2)
+    assert a.projection.dtype == np.float64
+    for name in b.values:
+        assert a.values[name] == pytest.approx(b.values[name], rel=1e-4)
+        assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-3)
