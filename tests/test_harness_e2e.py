@@ -81,8 +81,9 @@ def test_saved_states_reproduce_the_reported_metrics(dropin_run):
         row = results["results"][task]
         assert b.states.shape[0] == 40 and b.states.dtype == np.float32 and list(b.layers) == [2]
         assert sorted(b.labels.tolist()) == [0] * 20 + [1] * 20
-        X, y = b.states[:, 0].astype(np.float64), b.labels
-        Z = PCA(n_components=10).fit_transform(X)
+        # float32 states are fitted in float32 (PCA, probe), everything after the projection in float64
+        X, y = b.states[:, 0], b.labels
+        Z = PCA(n_components=10).fit_transform(X).astype(np.float64)
         mu = Z.mean(0)
         ssb = sum((y == c).sum() * np.sum((Z[y == c].mean(0) - mu) ** 2) for c in (0, 1))
         ssw = sum(np.sum((Z[y == c] - Z[y == c].mean(0)) ** 2) for c in (0, 1))
