@@ -17,7 +17,12 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
+from lm_eval.models.utils import Collator
+
+try:  # helpers behind HFLM.tok_encode (lm-eval 0.4.10+); without them texts are encoded one by one
+    from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
+except ImportError:  # pragma: no cover - depends on the installed lm-eval
+    _add_special_kwargs = has_bos_prefix = None
 from tqdm import tqdm
 
 from safespace_tasks.capture import CaptureError, HiddenState, capture_pooled, find_decoder_parts, pad_batch, resolve_layers
@@ -235,7 +240,12 @@ def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
     overrides ``tok_encode`` gets it called per text.
     """
     tok = lm.tokenizer
-    if len(texts) < 2 or type(lm).tok_encode is not HFLM.tok_encode or not getattr(tok, "is_fast", False):
+    if (
+        len(texts) < 2
+        or has_bos_prefix is None
+        or type(lm).tok_encode is not HFLM.tok_encode
+        or not getattr(tok, "is_fast", False)
+    ):
         return [lm.tok_encode(t) for t in texts]
     kwargs = _add_special_kwargs(None, lm.add_bos_token)
     bos_text = tok.decode(lm.prefix_token_id)
