@@ -111,31 +111,32 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
     own_sets = {lab: [lang for lang in comp.languages[family] if comp.measurement(lab, family, lang, metric)] for lab in labels}
     differ = len({tuple(v) for v in own_sets.values()}) > 1
     rows_spec = [(MEAN_ROW, None), (SHARED_MEAN_ROW, shared)] if differ else [(MEAN_ROW, None)]
-    for name, langs in rows_spec:
+    def add_row(name: str, own, gain, *, signed: bool) -> None:
+        """One summary row: each model's aggregate (``own(label)``) and each pair's gain (``gain(pair)``)."""
         row, rec = [name], {"language": name}
         for lab in labels:
-            agg = comp.mean(lab, family, metric, langs)
-            row.append(_agg_cell(agg))
+            agg = own(lab)
+            row.append(_agg_cell(agg, signed=signed))
             rec[lab] = agg.value
             rec[f"{lab} stderr"] = agg.se
         for pair, col in zip(comp.pairs, pair_cols):
-            agg = comp.mean_gain(pair, family, metric)
+            agg = gain(pair)
             row.append(_agg_cell(agg, signed=True, interval=True))
             rec.update({col: agg.value, f"{col} low": agg.low, f"{col} high": agg.high, f"{col} method": agg.source})
         table.rows.append(row)
         table.records.append(rec)
-    row, rec = [GAP_ROW], {"language": GAP_ROW}
-    for lab in labels:
-        agg = comp.english_minus_rest(lab, family, metric)
-        row.append(_agg_cell(agg, signed=True))
-        rec[lab] = agg.value
-        rec[f"{lab} stderr"] = agg.se
-    for pair, col in zip(comp.pairs, pair_cols):
-        agg = comp.english_minus_rest_gain(pair, family, metric)
-        row.append(_agg_cell(agg, signed=True, interval=True))
-        rec.update({col: agg.value, f"{col} low": agg.low, f"{col} high": agg.high, f"{col} method": agg.source})
-    table.rows.append(row)
-    table.records.append(rec)
+
+    for name, langs in rows_spec:
+        add_row(
+            name, lambda lab: comp.mean(lab, family, metric, langs), lambda pair: comp.mean_gain(pair, family, metric),
+            signed=False,
+        )
+    add_row(
+        GAP_ROW,
+        lambda lab: comp.english_minus_rest(lab, family, metric),
+        lambda pair: comp.english_minus_rest_gain(pair, family, metric),
+        signed=True,
+    )
 
     if comp.pairs:
         level = f"{comp.ci_level:.0%}"
