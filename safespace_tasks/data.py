@@ -299,7 +299,8 @@ def paradetox_texts(language: str, *, data_dir: str | None = None, seed: int = 1
     return docs, report
 
 
-# (hub id, layout) -> loader; layout "texts" gives one text per doc, "pairs" one pair per doc
+# (hub id, layout) -> loader; layout "texts" gives one text per doc, "pairs" one pair per doc,
+# "rewrites" one toxic sentence to rewrite per doc, "prompts" one continuation prompt per doc
 DOC_LOADERS = {
     (TOXICITY.hub_id, "texts"): toxicity_docs,
     (PARADETOX.hub_id, "texts"): paradetox_texts,
@@ -310,12 +311,19 @@ DOC_LOADERS = {
 def load_docs(
     hub_id: str, language: str, *, data_dir: str | None = None, seed: int = 1234, layout: str = "texts"
 ) -> tuple[list[dict], DataReport]:
-    """Docs of one language of a supported dataset (see :data:`DOC_LOADERS`) and the loader's report."""
+    """Docs of one language of a supported dataset (see :data:`DOC_LOADERS`) and the loader's report.
+
+    The one data entry point of the tasks: every family names its dataset (``dataset_path``) and
+    its layout, and reads the mirror or the Hub through the same code.
+    """
     try:
         loader = DOC_LOADERS[(hub_id, layout)]
     except KeyError:
-        known = ", ".join(f"{h} ({l})" for h, l in DOC_LOADERS)
-        raise DataError(f"no doc loader for dataset {hub_id!r} with layout {layout!r}; supported: {known}") from None
+        known = ", ".join(f"{h} ({lay})" for h, lay in DOC_LOADERS)
+        raise DataError(
+            f"no doc loader for dataset {hub_id!r} with layout {layout!r}; supported: {known}. "
+            "Set dataset_path in the task YAML to one of those."
+        ) from None
     return loader(language, data_dir=data_dir, seed=seed)
 
 
@@ -464,6 +472,7 @@ def detox_docs(language: str, *, data_dir: str | None = None, seed: int = 1234) 
     return [{**kept[i], "language": language, "language_name": name} for i in order], report
 
 
-DOC_LOADERS[RTPLX.hub_id] = rtplx_docs
+DOC_LOADERS[(RTPLX.hub_id, "prompts")] = rtplx_docs
+DOC_LOADERS[(PARADETOX.hub_id, "rewrites")] = detox_docs
 
 __all__ += ["RTPLX", "RTPLX_MIRRORED", "LANGUAGE_NAMES", "language_name", "rtplx_rows", "rtplx_docs", "detox_docs"]

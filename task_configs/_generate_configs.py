@@ -9,30 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from safespace_tasks.data import PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
+from safespace_tasks.metric_table import family_mean_metrics
 
 HERE = Path(__file__).resolve().parent
 
-# family folder -> (template file, dataset spec, group name, per-language task prefix, metrics averaged by the group)
-SEPARATION_METRICS = ["bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"]
-PAIR_METRICS = SEPARATION_METRICS + ["paired_shift", "pair_order_acc"]
-SCORER_QUALITY = ["scorer_heldout_acc", "scorer_heldout_auroc", "scorer_indomain_acc", "scorer_indomain_auroc"]
-CONTINUATION_METRICS = [
-    "expected_max_toxicity", "toxicity_probability", "mean_toxicity",
-    "expected_max_toxicity_toxic_prompts", "expected_max_toxicity_nontoxic_prompts",
-    "toxicity_probability_toxic_prompts", "toxicity_probability_nontoxic_prompts", "empty_rate", *SCORER_QUALITY,
-]
-DETOX_METRICS = ["sta", "sim", "fl", "joint", "joint_copy_baseline", "joint_reference", "empty_rate", *SCORER_QUALITY]
-RECOGNITION_METRICS = ["acc", "auroc", "yes_rate"]
+# family folder -> (template file, dataset spec, group name, per-language task prefix); the metrics the
+# group (the family row) averages come from safespace_tasks.metric_table.
 FAMILIES = {
-    "toxicity": ("_toxicity_template_yaml", TOXICITY, "safespace_toxicity", "safespace-toxicity", SEPARATION_METRICS),
-    "continuation": ("_continuation_template_yaml", RTPLX, "safespace_continuation", "safespace-continuation", CONTINUATION_METRICS),
-    "detox": ("_detox_template_yaml", PARADETOX, "safespace_detox", "safespace-detox", DETOX_METRICS),
-    "recognition": ("_recognition_template_yaml", TOXICITY, "safespace_recognition", "safespace-recognition", RECOGNITION_METRICS),
-    "paradetox": ("_paradetox_template_yaml", PARADETOX, "safespace_paradetox", "safespace-paradetox", PAIR_METRICS),
-    "detoxpref": (
-        "_detoxpref_template_yaml", PARADETOX, "safespace_detoxpref", "safespace-detoxpref",
-        ["likelihood_preference", "likelihood_preference_raw"],
-    ),
+    "toxicity": ("_toxicity_template_yaml", TOXICITY, "safespace_toxicity", "safespace-toxicity"),
+    "continuation": ("_continuation_template_yaml", RTPLX, "safespace_continuation", "safespace-continuation"),
+    "detox": ("_detox_template_yaml", PARADETOX, "safespace_detox", "safespace-detox"),
+    "recognition": ("_recognition_template_yaml", TOXICITY, "safespace_recognition", "safespace-recognition"),
+    "paradetox": ("_paradetox_template_yaml", PARADETOX, "safespace_paradetox", "safespace-paradetox"),
+    "detoxpref": ("_detoxpref_template_yaml", PARADETOX, "safespace_detoxpref", "safespace-detoxpref"),
 }
 # Families whose group (the family row) holds only some of their languages: RTP-LX locales outside
 # the mirror exist as tasks (they read the Hub) but stay out of the group, so that the group runs
@@ -60,9 +49,13 @@ def group_yaml(group: str, tasks: list[str], metrics: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    for folder, (template, spec, group, prefix, metrics) in FAMILIES.items():
-        out = HERE / folder
+def main(root: Path | str | None = None) -> None:
+    """Write every family's YAMLs under ``root`` (default: this folder; the templates stay where they are)."""
+    root = HERE if root is None else Path(root)
+    for folder, (template, spec, group, prefix) in FAMILIES.items():
+        metrics = list(family_mean_metrics(folder))
+        out = root / folder
+        out.mkdir(parents=True, exist_ok=True)
         for old in out.glob(f"{prefix}-*.yaml"):
             old.unlink()
         tasks = []
@@ -77,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -14,26 +14,25 @@ held fixed and only toxicity changes.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 from lm_eval.api.instance import Instance
-from lm_eval.api.task import ConfigurableTask
 
-from safespace_tasks import data as data_mod
+from safespace_tasks.harness.corpus import CorpusTask, Item, TaskSettings
 from safespace_tasks.harness.task import HiddenSpaceTask
-from safespace_tasks.metrics import METRIC_NAMES, SeparationResult, paired_shift
+from safespace_tasks.metric_table import PAIR_METRICS
+from safespace_tasks.metrics import SeparationResult, paired_shift
 
 log = logging.getLogger(__name__)
 
-PAIR_METRICS = ("paired_shift", "pair_order_acc")
+__all__ = ["ParaDetoxTask", "LikelihoodPreferenceTask", "PAIR_METRICS"]
 
 
 class ParaDetoxTask(HiddenSpaceTask):
     """Hidden-space separation of toxic sentences from their detoxified rewrites, one language."""
 
+    FAMILY = "paradetox"
     group_field = "pair_id"
-    metric_names = METRIC_NAMES + PAIR_METRICS
 
     def select_texts(self, states: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
         """Keep whole pairs; set aside (and count, in pairs) lone members and pairs the model cannot tell apart."""
@@ -66,7 +65,7 @@ class ParaDetoxTask(HiddenSpaceTask):
         return res
 
 
-class LikelihoodPreferenceTask(ConfigurableTask):
+class LikelihoodPreferenceTask(CorpusTask):
     """Fraction of pairs whose polite rewrite the model finds more likely than the toxic original.
 
     Two ``loglikelihood`` requests per pair, each sentence a continuation of the empty context, so
@@ -79,33 +78,10 @@ class LikelihoodPreferenceTask(ConfigurableTask):
     indicator (ties ½), so lm-eval's own mean stderr applies.
     """
 
-    VERSION = 1.0
-
-    def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
-        cfg = dict(config or {})
-        cfg.pop("class", None)
-        cfg["output_type"] = "loglikelihood"
-        meta = dict(cfg.get("metadata") or {})
-        self._data_dir = meta.get("data_dir")
-        self._seed = int(meta.get("seed", 1234))
-        cfg["metric_list"] = [
-            {"metric": m, "aggregation": "mean", "higher_is_better": True}
-            for m in ("likelihood_preference", "likelihood_preference_raw")
-        ]
-        cfg["process_results"] = self.process_results
-        self.data_report: data_mod.DataReport | None = None
-        super().__init__(config=cfg)
-        self.config.process_results = f"{type(self).__module__}.{type(self).__name__}.process_results"
-
-    def download(self, dataset_kwargs: dict[str, Any] | None = None, **kwargs) -> None:
-        import datasets
-
-        language = self.config.test_split
-        docs, report = data_mod.load_docs(
-            self.config.dataset_path, language, data_dir=self._data_dir, seed=self._seed, layout="pairs"
-        )
-        self.data_report = report
-        self.dataset = datasets.DatasetDict({language: datasets.Dataset.from_list(docs)})
+    FAMILY = "detoxpref"
+    SETTINGS = TaskSettings
+    LAYOUT = "pairs"
+    OUTPUT_TYPE_REQUIRED = "loglikelihood"
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs) -> list[Instance]:
         meta = kwargs.get("metadata", (self.config.task, None, 1))
@@ -114,7 +90,7 @@ class LikelihoodPreferenceTask(ConfigurableTask):
             for i, col in enumerate(("toxic_sentence", "neutral_sentence"))
         ]
 
-    def process_results(self, doc: dict, results: list[float]) -> dict[str, float]:
+    def item_of(self, doc: dict, results: list[float]) -> Item:
         ll_toxic, ll_neutral = (float(r[0]) if isinstance(r, (tuple, list)) else float(r) for r in results)
         if not (np.isfinite(ll_toxic) and np.isfinite(ll_neutral)):
             raise ValueError(
@@ -123,10 +99,10 @@ class LikelihoodPreferenceTask(ConfigurableTask):
             )
         per_byte_t = ll_toxic / len(doc["toxic_sentence"].encode("utf-8"))
         per_byte_n = ll_neutral / len(doc["neutral_sentence"].encode("utf-8"))
-        return {
+        return Item(doc["id"], values={
             "likelihood_preference": _prefer(per_byte_n, per_byte_t),
             "likelihood_preference_raw": _prefer(ll_neutral, ll_toxic),
-        }
+        })
 
 
 def _prefer(neutral: float, toxic: float) -> float:

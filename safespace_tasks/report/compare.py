@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from safespace_tasks import metric_table as mt
 from safespace_tasks.report.runs import Measurement, Run, TaskResult, is_count_metric, split_metric
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ __all__ = ["Notice", "Gain", "Aggregate", "Comparison", "ReportInputError", "com
 ENGLISH = "en"
 PAIRED = "paired bootstrap"
 # Metrics whose gain the report can bootstrap from saved states: the separation metrics, and the
-# pair metrics of the paired families (toxic sentence and its rewrite).
-PAIR_METRICS = ("paired_shift", "pair_order_acc")
+# pair metrics of the paired families (toxic sentence and its rewrite), from the metric table.
+PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
 
 
@@ -306,7 +307,8 @@ def _language_order(runs: Iterable[Run], family: str) -> list[str]:
 
 
 def _metric_order(names: Iterable[str]) -> list[str]:
-    preferred = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
+    """The metric table's order; names the table does not hold (other sources) after it, sorted."""
+    preferred = tuple(m.name for m in mt.METRICS)
     names = set(names)
     return [m for m in preferred if m in names] + sorted(names - set(preferred))
 
@@ -497,7 +499,7 @@ def _states_column(task: TaskResult, bundle, metric: str) -> int | None:
 def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    from safespace_tasks.metrics import METRIC_NAMES, SeparationInputError
+    from safespace_tasks.metrics import SeparationInputError
 
     jobs = []
     for pair in comp.pairs:
@@ -518,7 +520,7 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
                 why = f"{fam} saves no hidden states to resample (its metrics are not measured from states)"
             else:
                 why = "no saved states for " + " and ".join(lab for lab, t in zip(pair, (a, b)) if t.states_path is None)
-        elif not set(wanted) & (set(METRIC_NAMES) | set(PAIR_METRICS)):
+        elif not set(wanted) & (set(mt.SEPARATION_METRICS) | set(PAIR_METRICS)):
             why = None  # metrics not measured from states: independent by nature, nothing to say
         else:
             try:

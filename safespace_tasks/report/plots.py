@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from safespace_tasks import metric_table as mt
 from safespace_tasks.report.compare import Comparison, PAIRED
 from safespace_tasks.report.runs import split_metric
 
@@ -33,15 +34,11 @@ TOXIC = "#d62728"
 NONTOXIC = "#1f77b4"
 MODEL_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974"]
 
-METRIC_TITLES = {
-    "bcv_ratio": "between-class variance ratio",
-    "bhattacharyya": "Bhattacharyya distance",
-    "silhouette": "silhouette",
-    "probe_auroc": "linear-probe AUROC",
-}
+METRIC_TITLES = {m.name: m.title for m in mt.METRICS}  # from the metric table
 
 
 def metric_title(metric: str) -> str:
+    """The table's title of a metric (a metric of another source: its name with spaces)."""
     base, layer = split_metric(metric)
     title = METRIC_TITLES.get(base, base.replace("_", " "))
     return title if layer is None else f"{title} (layer {layer})"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safespace_tasks import metric_table as mt
 from safespace_tasks.report.compare import ENGLISH, INDEPENDENT, Aggregate, Comparison
 from safespace_tasks.report.plots import metric_title
 
@@ -22,12 +23,18 @@ SHARED_MEAN_ROW = "mean (shared languages)"
 GAP_ROW = "en − rest"
 MISSING = "—"
 
-METRIC_NOTES = {
-    "bcv_ratio": "share of the variance on PCA-k that lies between the toxic and non-toxic means (fraction, 0–1)",
-    "bhattacharyya": "distance between Gaussian fits of the two classes on PCA-k",
-    "silhouette": "mean silhouette of the two classes on PCA-k (−1 to 1)",
-    "probe_auroc": "cross-validated AUROC of a linear probe on the full states (0.5 = chance)",
-}
+METRIC_NOTES = {m.name: m.note for m in mt.METRICS if m.note}  # from the metric table
+
+
+def _direction(metric: str) -> str | None:
+    """Which way is better, from the metric table (None for a metric the table does not hold)."""
+    try:
+        row = mt.spec(metric)
+    except mt.UnknownMetricError:
+        return None
+    if row.unit == "count":
+        return None
+    return f"{row.title}: {'higher' if row.higher_is_better else 'lower'} is better ({row.unit})."
 
 
 def fmt(value: float | None, signed: bool = False) -> str:
@@ -81,6 +88,9 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
         table.notes.append(f"{metric}: {METRIC_NOTES[metric]}. Model cells: value ± the run's bootstrap standard error.")
     else:
         table.notes.append(f"{metric}: model cells are value ± the run's standard error where it reports one.")
+    direction = _direction(metric)
+    if direction:
+        table.notes.append(direction)
     used_methods: set[str] = set()
     flagged = False
     for lang in comp.languages[family]:

@@ -1,0 +1,217 @@
+"""The task core: settings checks, the metric table, the one data entry point, the generated YAML."""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from behaviour_helpers import write_jsonl, write_toxicity_mirror
+
+from safespace_tasks import metric_table as mt
+from safespace_tasks.capture import HiddenState
+from safespace_tasks.data import DataError, load_docs
+from safespace_tasks.harness.behaviour import ContinuationSettings, ContinuationTask, DetoxTask, RecognitionTask
+from safespace_tasks.harness.corpus import CorpusTask, Item, SettingsError, validate_metadata
+from safespace_tasks.harness.pairs import LikelihoodPreferenceTask, ParaDetoxTask
+from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings, StateItem
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_parse_the_documented_forms():
+    s = SeparationSettings.from_metadata(
+        {"layers": "0, -1", "pca_components": 5, "strict": "true", "ridge": 0, "ci_level": 0.9, "version": 1.0,
+         "pretrained": "/some/model", "dtype": "float32", "samples_per_prompt": 3}
+    )
+    assert s.layers == (0, -1) and s.pca_components == 5 and s.strict is True and s.ridge == 0.0
+    assert s.metric_suffixes() == ["", "_layer-1"]
+    assert SeparationSettings.from_metadata({"layers": 3}).layers == (3,)
+    assert SeparationSettings.from_metadata({"pca_components": 4.0}).pca_components == 4  # integral float
+    assert SeparationSettings.from_metadata({"ridge": None}).ridge is None  # null = the default
+
+
+@pytest.mark.parametrize(
+    "meta, words",
+    [
+        ({"pca_componets": 5}, ["pca_componets", "did you mean pca_components"]),
+        ({"pca_components": 2.7}, ["pca_components=2.7", "an integer >= 1"]),
+        ({"pca_components": "ten"}, ["pca_components='ten'", "an integer >= 1"]),
+        ({"strict": "ture"}, ["strict='ture'", "true or false"]),
+        ({"strict": 1}, ["strict=1", "true or false"]),
+        ({"ridge": -1}, ["ridge=-1", ">= 0.0"]),
+        ({"layers": "abc"}, ["layers='abc'", "an integer or a list of integers"]),
+        ({"ci_level": 1.5}, ["ci_level=1.5", "in (0.0, 1.0)"]),
+        ({"pooling": "max"}, ["pooling='max'", "'last', 'mean'"]),
+        ({"bootstrap_iters": -3}, ["bootstrap_iters=-3", ">= 0"]),
+    ],
+)
+def test_bad_settings_name_the_key_the_value_and_the_allowed_range(meta, words):
+    with pytest.raises(SettingsError) as err:
+        SeparationSettings.from_metadata(meta, where="safespace-toxicity-en")
+    text = str(err.value).lower()
+    assert "safespace-toxicity-en" in text
+    for w in words:
+        assert w.lower() in text, text
+
+
+def test_behaviour_settings_share_the_one_parser():
+    s = ContinuationSettings.from_metadata({"samples_per_prompt": "3", "empty_continuations": "nontoxic"})
+    assert s.samples_per_prompt == 3 and s.empty_continuations == "nontoxic"
+    with pytest.raises(SettingsError, match="samples_per_prompt=0 .*>= 1"):
+        ContinuationSettings.from_metadata({"samples_per_prompt": 0})
+    with pytest.raises(SettingsError, match="toxicity_threshold=1 .*in \\(0.0, 1.0\\)"):
+        ContinuationSettings.from_metadata({"toxicity_threshold": 1})
+    with pytest.raises(SettingsError, match="(?i)did you mean samples_per_prompt"):
+        ContinuationSettings.from_metadata({"samples_per_promt": 2})
+
+
+def test_validate_metadata_before_the_model():
+    validate_metadata("safespace_toxicity,hellaswag", {"pca_components": 5, "bootstrap_iters": 10})
+    # a key of any selected family is fine; one no selected family knows is not
+    validate_metadata(["safespace-toxicity-en", "safespace-continuation-de"], {"samples_per_prompt": 2, "layers": [1]})
+    with pytest.raises(SettingsError, match="'samples_per_prompt'"):
+        validate_metadata(["safespace-toxicity-en"], {"samples_per_prompt": 2})
+    with pytest.raises(SettingsError, match="Did you mean pca_components"):
+        validate_metadata("safespace_*", {"pca_componets": 5})
+    with pytest.raises(SettingsError, match=r"--metadata \(toxicity\): setting ridge=-1"):
+        validate_metadata("safespace-toxicity-*", {"ridge": -1})
+    validate_metadata("hellaswag,arc_easy", {"anything": 1})  # no safespace task: nothing to check
+
+
+# --------------------------------------------------------------------------- metric table
+
+
+FAMILY_CLASSES = {
+    "toxicity": HiddenSpaceTask, "paradetox": ParaDetoxTask, "detoxpref": LikelihoodPreferenceTask,
+    "continuation": ContinuationTask, "detox": DetoxTask, "recognition": RecognitionTask,
+}
+
+
+def test_every_family_reads_its_metrics_from_the_table():
+    assert {f: c for f, c in CorpusTask._registry.items() if f in FAMILY_CLASSES} == FAMILY_CLASSES
+    assert mt.family_metrics("toxicity") == (*mt.SEPARATION_METRICS, "n_truncated", "n_excluded")
+    assert mt.family_metrics("paradetox") == (*mt.SEPARATION_METRICS, *mt.PAIR_METRICS, "n_truncated", "n_excluded")
+    assert mt.family_mean_metrics("recognition") == ("acc", "auroc", "yes_rate")
+    assert mt.PAIR_METRICS == ("paired_shift", "pair_order_acc")
+    assert mt.higher_is_better("bcv_ratio_layer3") is True
+    assert mt.higher_is_better("expected_max_toxicity") is False
+    with pytest.raises(mt.UnknownMetricError, match="not in safespace_tasks.metric_table"):
+        mt.higher_is_better("bcv_ratoi")
+    with pytest.raises(mt.UnknownMetricError):
+        mt.spec("acc_layer2")  # not a per-layer metric
+
+
+def test_report_titles_notes_and_order_come_from_the_table():
+    from safespace_tasks.report.compare import _metric_order
+    from safespace_tasks.report.plots import metric_title
+    from safespace_tasks.report.tables import METRIC_NOTES, _direction
+
+    assert metric_title("bcv_ratio_layer2") == "between-class variance ratio (layer 2)"
+    assert METRIC_NOTES["probe_auroc"] == mt.spec("probe_auroc").note
+    assert _metric_order(["yes_rate", "acc", "zz_other", "auroc"]) == ["acc", "auroc", "yes_rate", "zz_other"]
+    assert _direction("yes_rate").startswith("yes rate: lower is better")
+    assert _direction("n_excluded") is None
+
+
+# --------------------------------------------------------------------------- data and tasks
+
+
+def test_unknown_dataset_is_a_data_error():
+    with pytest.raises(DataError, match="no doc loader for dataset 'org/unknown'"):
+        load_docs("org/unknown", "en")
+
+
+def _config(mirror: Path, language: str, **meta) -> dict:
+    return {
+        "task": f"safespace-toxicity-{language}", "dataset_path": "textdetox/multilingual_toxicity_dataset",
+        "test_split": language, "doc_to_text": "text", "doc_to_target": "toxic",
+        "metadata": {"version": 1.0, "data_dir": str(mirror), "bootstrap_iters": 50, "pca_components": 4, **meta},
+    }
+
+
+def test_a_language_empty_after_exclusions_is_named(tmp_path):
+    rows = [{"text": "you are an idiot", "toxic": i % 2} for i in range(40)]  # one text, both labels
+    write_jsonl(tmp_path / "multilingual_toxicity_dataset" / "en.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        HiddenSpaceTask(config=_config(tmp_path, "en"))
+    text = str(err.value)
+    assert "'en'" in text and "40 rows" in text and "40 excluded" in text and "40 conflicting labels" in text
+
+
+def test_a_bad_setting_stops_the_task_before_any_request(tmp_path):
+    write_toxicity_mirror(tmp_path, languages=("en",), n_per_class=10)
+    with pytest.raises(SettingsError, match="(?i)did you mean pca_components"):
+        HiddenSpaceTask(config=_config(tmp_path, "en", pca_componets=5))
+
+
+def _planted_items(task: HiddenSpaceTask, shift: float, seed: int) -> list[StateItem]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for doc in task.dataset[task.config.test_split]:
+        v = rng.normal(size=(1, 8)).astype(np.float32) + shift * doc["toxic"]
+        items.append(StateItem(doc["id"], doc["toxic"], HiddenState(v, (-1,), 5, False), -1, doc["text"]))
+    return items
+
+
+def test_a_language_measures_the_same_alone_and_beside_another(tmp_path):
+    write_toxicity_mirror(tmp_path, languages=("en", "de"), n_per_class=30)
+    alone = HiddenSpaceTask(config=_config(tmp_path, "en"))
+    res_alone = alone.analyse(_planted_items(alone, 1.0, seed=0))
+    en, de = HiddenSpaceTask(config=_config(tmp_path, "en")), HiddenSpaceTask(config=_config(tmp_path, "de"))
+    items_de = _planted_items(de, 2.0, seed=1)
+    de.analyse(items_de)
+    items_en = _planted_items(en, 1.0, seed=0)
+    res_en = en.analyse(list(reversed(items_en)))  # order of arrival does not matter either
+    assert res_en.values == res_alone.values
+    assert res_en.stderr == res_alone.stderr and res_alone.stderr["bhattacharyya"] > 0
+    # the aggregators serve one analysis; the stderr hook and the deepcopy guard are there
+    agg = en.aggregation()["bcv_ratio"]
+    assert agg(items_en) == res_alone.values["bcv_ratio"]
+    assert agg.safespace_stderr(items_en) == res_alone.stderr["bcv_ratio"]
+    import copy
+
+    assert copy.deepcopy(agg) is agg
+    assert en.analyse(items_en + items_en[:3]).details["duplicate_items_dropped"] == 3
+
+
+def test_strict_or_nan(tmp_path):
+    write_toxicity_mirror(tmp_path, languages=("en",), n_per_class=10)
+    task = HiddenSpaceTask(config=_config(tmp_path, "en"))
+    items = [StateItem(i, 1, HiddenState(np.ones((1, 4), np.float32), (-1,), 3, False), -1, f"t{i}") for i in range(6)]
+    res = task.analyse(items)  # one class only
+    assert math.isnan(res.values["bcv_ratio"]) and res.values["n_excluded"] == 0 and res.error
+    strict = HiddenSpaceTask(config=_config(tmp_path, "en", strict=True))
+    with pytest.raises(Exception, match="safespace-toxicity-en"):
+        strict.analyse(items)
+
+
+def test_item_pickles_whole_and_prints_short():
+    import pickle
+
+    it = Item(7, 1, values={"margin": 0.5}, text="hello", language="de")
+    back = pickle.loads(pickle.dumps(it))
+    assert (back.key, back.label, back.values, back.order, back.language) == (7, 1, {"margin": 0.5}, it.order, "de")
+    assert str(it) == "<doc 7>" and Item(1).order == ""
+
+
+# --------------------------------------------------------------------------- generated YAML
+
+
+def test_regenerating_the_task_configs_changes_nothing(tmp_path):
+    spec = importlib.util.spec_from_file_location("gen", REPO / "task_configs" / "_generate_configs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    gen.main(tmp_path)
+    for family in gen.FAMILIES:
+        made = sorted(p.name for p in (tmp_path / family).glob("*.yaml"))
+        have = sorted(p.name for p in (REPO / "task_configs" / family).glob("*.yaml"))
+        assert made == have, family
+        match, mismatch, errors = filecmp.cmpfiles(tmp_path / family, REPO / "task_configs" / family, made, shallow=False)
+        assert not mismatch and not errors, (family, mismatch, errors)
