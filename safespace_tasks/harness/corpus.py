@@ -69,22 +69,22 @@ def setting(default: Any, *, kind: type | str, minimum: float | None = None, max
 
 
 def _allowed(f) -> str:
+    """What a field accepts, as the end of "<key> ...": ``must be >= 1, an integer``."""
     m = f.metadata
-    kind = m["kind"]
-    text = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            "int_list": "an integer or a list of integers"}[kind]
-    if m["choices"]:
-        text = "one of " + ", ".join(repr(c) for c in m["choices"])
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            "int_list": "an integer or a list of integers"}[m["kind"]]
     lo, hi = m["minimum"], m["maximum"]
-    if lo is not None and hi is not None:
-        text += f" in ({lo}, {hi})" if m["exclusive"] else f" in [{lo}, {hi}]"
+    if m["choices"]:
+        text = "must be one of " + ", ".join(repr(c) for c in m["choices"])
+    elif lo is not None and hi is not None:
+        text = f"must lie in ({lo:g}, {hi:g}), {kind}" if m["exclusive"] else f"must lie in [{lo:g}, {hi:g}], {kind}"
     elif lo is not None:
-        text += f" {'>' if m['exclusive'] else '>='} {lo}"
+        text = f"must be {'>' if m['exclusive'] else '>='} {lo:g}, {kind}"
     elif hi is not None:
-        text += f" {'<' if m['exclusive'] else '<='} {hi}"
-    if m["optional"]:
-        text += " (or null)"
-    return text
+        text = f"must be {'<' if m['exclusive'] else '<='} {hi:g}, {kind}"
+    else:
+        text = f"must be {kind}"
+    return text + (" (or null)" if m["optional"] else "")
 
 
 _INT_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
@@ -217,7 +217,7 @@ def parse_settings(cls: type["TaskSettings"], metadata: dict[str, Any] | None, *
         parsed = _coerce_field(f, value)
         if parsed is None or not _in_range(f, parsed):
             raise SettingsError(
-                f"{prefix}setting {name}={value!r} is not valid: {name} must be {_allowed(f)}; "
+                f"{prefix}setting {name}={value!r} is not valid: {name} {_allowed(f)}; "
                 f"got {value!r} ({type(value).__name__})."
             )
         kwargs[name] = parsed
