@@ -215,3 +215,31 @@ def test_regenerating_the_task_configs_changes_nothing(tmp_path):
         assert made == have, family
         match, mismatch, errors = filecmp.cmpfiles(tmp_path / family, REPO / "task_configs" / family, made, shallow=False)
         assert not mismatch and not errors, (family, mismatch, errors)
+
+
+def test_a_task_may_hold_several_languages(tmp_path):
+    """The shape a cross-lingual task takes: ``languages()`` lists them, items carry their language."""
+    write_toxicity_mirror(tmp_path, languages=("en", "de"), n_per_class=12)
+
+    class TwoLanguages(HiddenSpaceTask):
+        def languages(self):
+            return ["en", "de"]
+
+        def item_of(self, doc, results):
+            item = super().item_of(doc, results)
+            item.language = doc["language"]
+            return item
+
+    task = TwoLanguages(config={**_config(tmp_path, "en"), "task": "two", "test_split": "en+de"})
+    docs = list(task.dataset["en+de"])
+    assert len(docs) == 48 and {d["language"] for d in docs} == {"en", "de"}
+    assert set(task.data_reports) == {"en", "de"}
+    rng = np.random.default_rng(0)
+    items = []
+    for d in docs:
+        state = HiddenState(rng.normal(size=(1, 6)).astype(np.float32) + d["toxic"], (-1,), 4, False)
+        items.append(task.item_of(d, [state]))
+    res = task.analyse(items)
+    # the same id in two languages is two docs, not a duplicate
+    assert res.details["n_docs"] == 48 and res.details["duplicate_items_dropped"] == 0
+    assert set(res.details["data"]) == {"en", "de"}
