@@ -243,3 +243,15 @@ def test_a_task_may_hold_several_languages(tmp_path):
     # the same id in two languages is two docs, not a duplicate
     assert res.details["n_docs"] == 48 and res.details["duplicate_items_dropped"] == 0
     assert set(res.details["data"]) == {"en", "de"}
+
+
+def test_validate_cli_args_reads_the_command_line_as_lm_eval_does():
+    from safespace_tasks.harness.corpus import validate_cli_args
+
+    ok = ["run", "--model", "hf", "--model_args", "pretrained=x", "--tasks", "safespace_toxicity", "--limit", "4"]
+    validate_cli_args(ok + ["--metadata", '{"pca_components": 5}'])
+    validate_cli_args(ok + ["--metadata", "pca_components=5", "seed=3"])
+    with pytest.raises(SettingsError, match="(?i)did you mean pca_components"):
+        validate_cli_args(ok + ["--metadata", '{"pca_componets": 5}'])
+    with pytest.raises(SettingsError, match="pca_components=2.7"):
+        validate_cli_args(["--tasks=safespace-toxicity-en", "--metadata", "pca_components=2.7"])

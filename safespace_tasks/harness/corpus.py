@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SettingsError", "setting", "parse_settings", "TaskSettings", "Item", "Analysis", "CorpusAggregator",
-    "CorpusTask", "validate_metadata", "settings_for", "family_of",
+    "CorpusTask", "validate_metadata", "validate_cli_args", "settings_for", "family_of",
 ]
 
 # Metadata keys lm-eval or the plugin put there themselves (never a user's setting).
@@ -594,3 +594,26 @@ def validate_metadata(task_names_or_families: Iterable[str] | str, metadata: dic
     for fam, cls in classes.items():
         own = {f.name for f in fields(cls)}
         parse_settings(cls, {k: v for k, v in meta.items() if k in own}, where=f"--metadata ({fam})")
+
+
+def validate_cli_args(argv: list[str]) -> None:
+    """:func:`validate_metadata` on a ``safespace-eval`` / ``lm_eval`` command line (before the model loads).
+
+    Reads ``--tasks`` and ``--metadata`` with lm-eval's own parsing (a JSON object or ``key=value``
+    pairs); everything else on the line is left to lm-eval. Raises :class:`SettingsError`.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--tasks", "-t", default=None)
+    try:
+        from lm_eval._cli.utils import MergeDictAction
+
+        parser.add_argument("--metadata", nargs="+", action=MergeDictAction, default=None)
+    except ImportError:  # pragma: no cover - lm-eval before its _cli package: JSON only
+        import json
+
+        parser.add_argument("--metadata", type=json.loads, default=None)
+    args, _ = parser.parse_known_args(list(argv))
+    if args.tasks:
+        validate_metadata(args.tasks, args.metadata or {})
