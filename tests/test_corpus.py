@@ -255,3 +255,11 @@ def test_validate_cli_args_reads_the_command_line_as_lm_eval_does():
         validate_cli_args(ok + ["--metadata", '{"pca_componets": 5}'])
     with pytest.raises(SettingsError, match="pca_components=2.7"):
         validate_cli_args(["--tasks=safespace-toxicity-en", "--metadata", "pca_components=2.7"])
+
+
+def test_pairs_with_identical_sides_leave_a_named_empty_language(tmp_path):
+    rows = [{"toxic_sentence": "same words", "neutral_sentence": "same words"} for _ in range(12)]
+    write_jsonl(tmp_path / "multilingual_paradetox" / "de.jsonl", rows)
+    cfg = {**_config(tmp_path, "de"), "task": "safespace-paradetox-de", "dataset_path": "textdetox/multilingual_paradetox"}
+    with pytest.raises(DataError, match=r"'de'.*12 rows.*12 excluded \(12 identical pairs\)"):
+        ParaDetoxTask(config=cfg)

@@ -346,7 +346,7 @@ class CorpusTask(ConfigurableTask):
         LAYOUT: the doc layout its data loader gives (``texts``, ``pairs``, ``prompts``, ``rewrites``).
         REQUEST_TYPE: the plugin request type it emits (e.g. ``pooled_hidden_states``), or None to
             use lm-eval's own for the YAML's ``output_type``.
-        OUTPUT_TYPE: with REQUEST_TYPE None, the ``output_type`` the YAML must declare (None: any).
+        OUTPUT_TYPE_REQUIRED: with REQUEST_TYPE None, the ``output_type`` the YAML must declare (None: any).
         INPUT_ERRORS: exceptions of ``compute`` that mean "these data cannot be measured" (NaN, or
             raised when ``strict``).
     Hooks: ``prepare_config(cfg)``, ``construct_requests(doc, ctx, **kw)``, ``item_of(doc, results)``,
@@ -542,9 +542,15 @@ def _empty_language_message(task: str, dataset: str, language: str, report: data
 # --------------------------------------------------------------------------- checking before the model loads
 
 
-def _family_settings() -> dict[str, type[TaskSettings]]:
-    from safespace_tasks.harness import behaviour, pairs, task  # noqa: F401 - register the families
+# Modules whose CorpusTask subclasses are the families (importing one registers its families).
+FAMILY_MODULES = ("safespace_tasks.harness.task", "safespace_tasks.harness.pairs", "safespace_tasks.harness.behaviour")
 
+
+def _family_settings() -> dict[str, type[TaskSettings]]:
+    import importlib
+
+    for name in FAMILY_MODULES:
+        importlib.import_module(name)
     return {fam: cls.SETTINGS for fam, cls in CorpusTask._registry.items()}
 
 
