@@ -91,6 +91,17 @@ def _from_config_file(args: argparse.Namespace) -> dict:
         return {}
 
 
+def _as_dict(value) -> dict:
+    """Model arguments or metadata as lm-eval accepts them: a mapping, or a ``key=value,...`` string."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip():
+        from lm_eval.utils import simple_parse_args_string
+
+        return simple_parse_args_string(value)
+    return {}
+
+
 def preflight(args: argparse.Namespace) -> None:
     """Checks of a parsed ``run`` command that need no model: model paths, then the safespace settings."""
     from safespace_tasks.local_models import ModelPathError, check_model_args
@@ -98,12 +109,12 @@ def preflight(args: argparse.Namespace) -> None:
     if getattr(args, "command", None) != "run":
         return
     config = _from_config_file(args)
-    model_args = {**(config.get("model_args") or {}), **(getattr(args, "model_args", None) or {})}
+    model_args = {**_as_dict(config.get("model_args")), **_as_dict(getattr(args, "model_args", None))}
     try:
         check_model_args(model_args)
     except ModelPathError as err:
         raise PreflightError(str(err)) from err
-    metadata = {**(config.get("metadata") or {}), **(getattr(args, "metadata", None) or {})}
+    metadata = {**_as_dict(config.get("metadata")), **_as_dict(getattr(args, "metadata", None))}
     validate_settings(getattr(args, "tasks", None) or config.get("tasks"), metadata)
 
 

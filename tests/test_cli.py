@@ -203,3 +203,12 @@ def test_every_subcommand_is_listed_and_include_path_prints_the_folder(capsys):
         assert name in usage
     assert cli.main(["include-path"]) == 0
     assert capsys.readouterr().out.strip() == str(task_dir())
+
+
+def test_model_args_from_a_config_file_are_checked_too(harness_cli, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: hf\nmodel_args: pretrained=../missing-model,dtype=float32\ntasks: [safespace-toxicity-en]\n")
+    with pytest.raises(SystemExit) as stop:
+        cli.eval_main(["run", "--config", str(config)])
+    assert stop.value.code == 2 and harness_cli == []
+    assert "pretrained=../missing-model: the local path" in capsys.readouterr().err
