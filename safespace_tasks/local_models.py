@@ -19,7 +19,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["LOCAL_MODELS", "cache_root", "prepare"]
+__all__ = ["LOCAL_MODELS", "ModelPathError", "cache_root", "check_model_args", "check_model_path", "prepare"]
+
+# Model arguments of lm-eval's Hugging Face backend that name a checkpoint (a local folder or a Hub id).
+PATH_ARGS = ("pretrained", "tokenizer", "peft", "delta")
+
+HUB_ID_HINT = "a Hub model is named by its id, org/name (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)"
+
+
+class ModelPathError(FileNotFoundError):
+    """A model argument names a local path that does not exist."""
+
+
+def _looks_local(value: str) -> bool:
+    """True when ``value`` can only be a filesystem path, never a Hub id (``name`` or ``org/name``)."""
+    return (
+        value.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or value in (".", "..")
+        or os.path.isabs(value)
+        or "\\" in value
+        or value.count("/") > 1
+        or (len(value) > 1 and value[1] == ":")  # C:\models\...
+    )
+
+
+def check_model_path(value, key: str = "pretrained") -> None:
+    """Raise :class:`ModelPathError` when ``value`` is a local path (absolute, ``./``, ``../``, ``~``, or
+    deeper than ``org/name``) that does not exist.
+
+    A string that could be a Hub id (``gpt2``, ``org/name``) is left to the Hub even when no such local
+    folder exists; anything that is not a string (a model object) is left alone.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return
+    path = Path(value).expanduser()
+    if path.exists() or not _looks_local(value):
+        return
+    absolute = path.absolute()
+    nearest = next((p for p in absolute.parents if p.is_dir()), None)
+    where = f"; the nearest existing folder is {nearest}" if nearest is not None and str(nearest) != absolute.anchor else ""
+    raise ModelPathError(
+        f"{key}={value}: the local path {absolute} does not exist{where}. A local model is a folder with "
+        f"config.json and the weights (e.g. the one `safespace model-path` prints); {HUB_ID_HINT}."
+    )
+
+
+def check_model_args(model_args) -> None:
+    """:func:`check_model_path` for every checkpoint-naming key of a model-arguments mapping."""
+    if not isinstance(model_args, dict):
+        return
+    for key in PATH_ARGS:
+        check_model_path(model_args.get(key), key)
 
 
 def cache_root() -> Path:

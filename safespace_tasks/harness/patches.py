@@ -1,20 +1,33 @@
-"""Three small, guarded extensions of lm-eval 0.4.x internals.
+"""Small, guarded extensions of lm-eval 0.4.x internals: every patch this package installs.
 
-1. Standard errors. lm-eval asks ``stderr_for_metric(aggregation, iters)`` for each metric and
-   knows only its own aggregations, so a corpus metric gets "N/A". Our aggregations carry a
-   ``safespace_stderr`` (a stratified bootstrap computed with the metric); the wrapper returns it
-   and defers to lm-eval for everything else. ``--bootstrap_iters 0`` still turns stderr off.
-2. Saved states. ``EvaluationTracker.save_results_aggregated`` decides where the results JSON
+Installed by :func:`install` (on ``import safespace_tasks.harness``, so in every run that loads a
+safespace task, and before the model in ``safespace-eval`` and the Python API's ``task_manager()``):
+
+1. Standard errors (``lm_eval.evaluator_utils.stderr_for_metric``). lm-eval knows only its own
+   aggregations, so a corpus metric gets "N/A". Our aggregations carry a ``safespace_stderr`` (a
+   stratified bootstrap computed with the metric); the wrapper returns it and defers to lm-eval for
+   everything else. ``--bootstrap_iters 0`` still turns stderr off.
+2. Saved states (``EvaluationTracker.save_results_aggregated``). It decides where the results JSON
    goes; the wrapper writes each task's states (``safespace_states_<task>_<date>.npz``) and a
-   ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions) into the same
-   folder, with the same date suffix.
+   ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions) into the same folder,
+   with the same date suffix.
+3. A shared ``--use_cache`` (``CachingLM.__init__``). lm-eval keys its response cache by request
+   only; the wrapper stamps the database with the model's fingerprint and refuses another model (see
+   :func:`safespace_tasks.harness.model.check_response_cache`).
+4. Missing local model paths (``HFLM.__init__``, so every backend built on it). ``pretrained=``,
+   ``tokenizer=``, ``peft=`` or ``delta=`` naming a local path that does not exist stops with a
+   :class:`~safespace_tasks.local_models.ModelPathError` that says so and what a Hub id looks like,
+   before transformers tries the Hub. The stock ``lm_eval`` CLI builds the model before it imports any
+   task, so there this patch is not yet installed; ``safespace-eval`` checks ``--model_args`` itself.
 
-3. A shared ``--use_cache``. lm-eval keys its response cache by request only; the wrapper of
-   ``CachingLM.__init__`` stamps the database with the model's fingerprint and refuses another
-   model (see :func:`safespace_tasks.harness.model.check_response_cache`).
+Installed only by :func:`install_task_dir` (``safespace-eval``; a run of the stock CLI passes
+``--include_path`` instead):
 
-The wrappers are installed once, keep the wrapped function, and do nothing for runs without
-safespace tasks.
+5. The task folder (``TaskManager.__init__``): every ``TaskManager`` also searches the safespace
+   ``task_configs`` folder, first, beside any ``include_path`` given.
+
+Each wrapper is installed once, keeps the wrapped function as ``__wrapped__``, and does nothing for
+runs without safespace tasks (4 only acts on a path that does not exist).
 """
 
 from __future__ import annotations
@@ -126,7 +139,55 @@ def _install_cache_guard() -> None:
     CachingLM.__init__ = __init__
 
 
+def _install_model_path_check() -> None:
+    """Check the checkpoint-naming arguments of ``HFLM`` before it loads anything."""
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as err:  # a broken HF backend fails on its own, with its own message
+        log.debug("lm-eval's HF backend cannot be imported (%s): no model path check", err)
+        return
+    original = HFLM.__init__
+    if getattr(original, _MARK, False):
+        return
+
+    def __init__(self, *args, **kwargs):
+        from safespace_tasks.local_models import check_model_args
+
+        named = dict(kwargs)
+        if args and "pretrained" not in named:
+            named["pretrained"] = args[0]
+        check_model_args(named)
+        original(self, *args, **kwargs)
+
+    setattr(__init__, _MARK, True)
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    HFLM.__init__ = __init__
+
+
+def install_task_dir() -> None:
+    """Patch 5: every ``TaskManager`` searches the safespace task folder too (first), beside its ``include_path``."""
+    from lm_eval.tasks import TaskManager
+
+    from safespace_tasks.plugin import task_dir
+
+    original = TaskManager.__init__
+    if getattr(original, _MARK, False):
+        return
+
+    def __init__(self, *args, include_path=None, **kwargs):
+        extra = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        ours = str(task_dir())
+        paths = [ours] + [str(p) for p in extra if str(p) != ours]
+        original(self, *args, include_path=paths, **kwargs)
+
+    setattr(__init__, _MARK, True)
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    TaskManager.__init__ = __init__
+
+
 def install() -> None:
+    """Patches 1-4 (idempotent)."""
     _install_stderr()
     _install_tracker()
     _install_cache_guard()
+    _install_model_path_check()
