@@ -513,14 +513,17 @@ def measure(
     for name in chunked:
         runner(name, chunks[-1])()
         dev.sync()
-    auto_batch = None
+    auto_batch = auto_probe_s = None
     if lm_auto is not None:
         from safespace_tasks.harness.model import _detect_batch_size, normalize_options
         from safespace_tasks.capture import find_decoder_parts
 
         longest = token_lists[order[0]]
+        dev.sync()
+        t0 = time.perf_counter()
         auto_batch = _detect_batch_size(lm_auto, find_decoder_parts(model), longest, normalize_options(final))
         dev.sync()
+        auto_probe_s = time.perf_counter() - t0  # what path A pays once per call on top of path a
 
     stats = {name: PathStats(name) for name in paths}
     outputs: dict[str, list] = {name: [] for name in paths}
@@ -657,7 +660,8 @@ def measure(
             "shape": shape, "config": {k_: getattr(config, k_) for k_ in SHAPES["small"]},
             "parameters": n_params, "dtype": str(dtype).replace("torch.", ""),
             "attn_implementation": getattr(config, "_attn_implementation", None),
-            "batch_size": batch_size, "auto_batch_size": auto_batch, "repeats": repeats,
+            "batch_size": batch_size, "auto_batch_size": auto_batch,
+            "auto_probe_seconds": auto_probe_s, "repeats": repeats,
             "repetitions_done": len(rep_walls), "stopped_by_budget": stopped_by_budget, "clock": clock,
             "chunk_batches": chunk_batches, "chunks": len(chunks), "layer_k": k, "n_layers": n_layers,
             "torch_threads": torch.get_num_threads(), "tokenizer": tokenizer_name, "seed": seed,

@@ -17,6 +17,12 @@ if ! "$PY" -c "import lm_eval" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# fail in seconds, not minutes, when the carried packages do not fit the image's
+"$PY" -c "
+import importlib.metadata as m
+import torch, transformers, datasets, lm_eval.models.huggingface, safespace_tasks.harness
+print('imports ok:', ', '.join(f'{n} {m.version(n)}' for n in ('torch', 'transformers', 'lm_eval', 'datasets', 'pyarrow', 'fsspec', 'huggingface_hub')))
+" || { echo "the packages in .gpu/whl do not import with this image's; see the error above" >&2; exit 2; }
 # nothing outside the machine can be reached: never wait on the Hub
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ -d .gpu/data ] && export SAFESPACE_DATA_DIR="$PWD/.gpu/data"
