@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ PATHS = {
     "e": "reference: output_hidden_states=True",
     "n": "noise floor: the limit b, run again",
     "h": "diagnostic: harness host work (a, no forward)",
+    "A": "harness pooled_hidden_states, batch_size auto (one call)",
 }
 
 
@@ -360,8 +362,8 @@ def parse_args(argv=None):
                    help="batches per interleaving chunk (default: 1 on cpu, 8 on gpu)")
     p.add_argument("--layer-k", type=int, default=None, help="layer of path d (default: L // 2)")
     p.add_argument("--paths", default="abcdnh",
-                   help="paths to run, a subset of abcdenh (default abcdnh; e, the output_hidden_states reference, "
-                        "is slow on CPU)")
+                   help="paths to run, a subset of aAbcdenh (default abcdnh; e, the output_hidden_states reference, "
+                        "is slow on CPU; A, the harness with batch_size auto, runs all texts in one call)")
     p.add_argument("--tokenizer", default="auto", help="auto | bpe | folder or Hub id (AutoTokenizer)")
     p.add_argument("--data-dir", default=None, help="data mirror root (default: $SAFESPACE_DATA_DIR, else ../shared/data beside the checkout, else the Hub)")
     p.add_argument("--threads", type=int, default=None,
@@ -382,7 +384,7 @@ def parse_args(argv=None):
         args.threads = 1
     args.batch_size = args.batch_size or (32 if gpu else 16)
     args.chunk_batches = args.chunk_batches or (8 if gpu else 1)
-    args.paths = "".join(ch for ch in "abcdenh" if ch in args.paths)
+    args.paths = "".join(ch for ch in "aAbcdenh" if ch in args.paths)
     if min(args.repeats, args.n_texts, args.batch_size, args.chunk_batches) < 1:
         p.error("--repeats, --n-texts, --batch-size and --chunk-batches must be positive")
     return args
@@ -397,34 +399,73 @@ def default_data_dir(explicit: str | None) -> str | None:
     return str(beside) if (beside / "multilingual_toxicity_dataset").is_dir() else None
 
 
-def main(argv=None) -> dict[str, Any]:
-    args = parse_args(argv)
+def quiet_libraries() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.mode == "gpu":
+
+
+def pick_device(mode: str, threads: int | None) -> tuple["Device", torch.dtype]:
+    if mode == "gpu":
         if not torch.cuda.is_available():
             raise SystemExit("--mode gpu needs a CUDA device; use --mode cpu on this machine.")
         device, dtype = torch.device("cuda:0"), torch.bfloat16
     else:
         device, dtype = torch.device("cpu"), torch.float32
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = Device(args.mode, device, torch.get_num_threads() if args.mode == "cpu" else 1)
-    load_start = C.load_average()
+    if threads:
+        torch.set_num_threads(threads)
+    return Device(mode, device, torch.get_num_threads() if mode == "cpu" else 1), dtype
 
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
+    quiet_libraries()
+    dev, dtype = pick_device(args.mode, args.threads)
+    data_dir = default_data_dir(args.data_dir)
+    texts, langs = sample_texts(args.n_texts, args.seed, data_dir)
+    tokenizer, tokenizer_name = load_tokenizer(args.tokenizer, data_dir, args.seed)
+    model, config, n_params = build_model(args.shape, tokenizer, dev.device, dtype, args.seed)
+    record = measure(
+        model, config, tokenizer, texts, langs, dev,
+        shape=args.shape, n_params=n_params, tokenizer_name=tokenizer_name, paths=args.paths,
+        batch_size=args.batch_size, repeats=args.repeats, chunk_batches=args.chunk_batches,
+        layer_k=args.layer_k, clock=args.clock, seed=args.seed,
+        command="python benchmarks/bench_hidden_states.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    C.write_json(args.out, record)
+    print_report(record)
+    print(f"wrote {args.out}")
+    return record
+
+
+def measure(
+    model, config, tokenizer, texts: list[str], langs: list[str], dev: "Device", *,
+    shape: str, n_params: int, tokenizer_name: str, paths: str, batch_size: int, repeats: int,
+    chunk_batches: int, layer_k: int | None, clock: str, seed: int, command: str,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """Run the paths interleaved over ``repeats`` repetitions and return the JSON record.
+
+    ``deadline`` (a ``time.monotonic()`` value): no repetition is started that the slowest one so
+    far says would end after it (the first always runs); the record says how many ran. Path ``A``
+    (the harness with ``batch_size auto``) runs on all texts in one call per repetition, as a task
+    does, so its time includes the one probe for the batch size that every such call makes.
+    """
     from lm_eval.models.huggingface import HFLM
 
     import safespace_tasks.harness  # noqa: F401  (installs pooled_hidden_states on HFLM)
 
-    data_dir = default_data_dir(args.data_dir)
-    texts, langs = sample_texts(args.n_texts, args.seed, data_dir)
-    tokenizer, tokenizer_name = load_tokenizer(args.tokenizer, data_dir, args.seed)
-    model, config, n_params = build_model(args.shape, tokenizer, device, dtype, args.seed)
+    device, dtype = dev.device, next(model.parameters()).dtype
+    mode = dev.mode
+    load_start = C.load_average()
     n_layers = config.num_hidden_layers
-    k = args.layer_k or n_layers // 2
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=MAX_POSITIONS)
+    k = layer_k or n_layers // 2
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=MAX_POSITIONS)
+    lm_auto = None
+    if "A" in paths:
+        lm_auto = HFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=batch_size,
+                       max_length=MAX_POSITIONS)
 
     # the token lists the harness path builds (tok_encode, then truncation to the max length)
     token_lists = [lm.tok_encode(t)[-MAX_POSITIONS:] for t in texts]
@@ -436,23 +477,26 @@ def main(argv=None) -> dict[str, Any]:
     # runs chunk by chunk, the paths taking turns, so that a change in the machine's load between two
     # chunks hits all paths alike. Each chunk's batches are exactly the batches of the whole run.
     order = sorted(range(len(texts)), key=lambda i: (-len(token_lists[i]), i))
-    chunk_len = args.chunk_batches * args.batch_size
+    chunk_len = chunk_batches * batch_size
     chunks = []
     final = {"layers": (-1,)}
-    layer_k = {"layers": (k,)}
+    layer_k_opts = {"layers": (k,)}
     for start in range(0, len(order), chunk_len):
         idx = order[start:start + chunk_len]
         ctexts = [texts[i] for i in idx]
         chunks.append({
-            "batches": make_batches([token_lists[i] for i in idx], args.batch_size, pad_id, device),
+            "batches": make_batches([token_lists[i] for i in idx], batch_size, pad_id, device),
             # requests are built by a task, not by the model: outside the timed calls
             "a": harness_requests(ctexts, "pooled_hidden_states", final),
             "c": harness_requests(ctexts, "loglikelihood"),
-            "d": harness_requests(ctexts, "pooled_hidden_states", layer_k),
+            "d": harness_requests(ctexts, "pooled_hidden_states", layer_k_opts),
         })
     padded_tokens = sum(c["batches"].padded_tokens for c in chunks)
+    whole = {"A": harness_requests([texts[i] for i in order], "pooled_hidden_states", final)}
 
     def runner(name: str, chunk: dict) -> Callable[[], Any]:
+        if name == "A":
+            return lambda: lm_auto.pooled_hidden_states(whole["A"], disable_tqdm=True)
         if name in ("a", "d"):
             return lambda: lm.pooled_hidden_states(chunk[name], disable_tqdm=True)
         if name == "c":
@@ -463,51 +507,91 @@ def main(argv=None) -> dict[str, Any]:
             return lambda: host_only(lm, chunk["a"], config.hidden_size)
         return lambda: all_hidden_states_forward(model, chunk["batches"])
 
-    paths = list(args.paths)
+    chunked = [name for name in paths if name != "A"]
+    whole_paths = [name for name in paths if name == "A"]
     # warm-up: the last (shortest) chunk through every path (lazy initialisation, allocator, kernels)
-    for name in paths:
+    for name in chunked:
         runner(name, chunks[-1])()
         dev.sync()
+    auto_batch = auto_probe_s = None
+    if lm_auto is not None:
+        from safespace_tasks.harness.model import _detect_batch_size, normalize_options
+        from safespace_tasks.capture import find_decoder_parts
+
+        longest = token_lists[order[0]]
+        dev.sync()
+        t0 = time.perf_counter()
+        auto_batch = _detect_batch_size(lm_auto, find_decoder_parts(model), longest, normalize_options(final))
+        dev.sync()
+        auto_probe_s = time.perf_counter() - t0  # what path A pays once per call on top of path a
 
     stats = {name: PathStats(name) for name in paths}
     outputs: dict[str, list] = {name: [] for name in paths}
     failed: dict[str, str] = {}  # a path that runs out of memory is dropped, the others go on
-    for rep in range(args.repeats):
+    rep_walls: list[float] = []
+    stopped_by_budget = False
+    live = list(paths)
+
+    def run_one(name: str, chunk: dict | None, parts: dict, rep: int) -> None:
+        try:
+            m, result = dev.measure(runner(name, chunk))
+        except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+            failed[name] = f"out of memory at batch size {batch_size}: {str(err).splitlines()[0][:200]}"
+            print(f"  path {name}: {failed[name]}; dropped", flush=True)
+            outputs.pop(name, None)
+            dev.recover()
+            return
+        parts[name].append(m)
+        if rep == 0:
+            outputs[name].append(result)
+
+    for rep in range(repeats):
+        if deadline is not None and rep_walls and time.monotonic() + max(rep_walls) > deadline:
+            stopped_by_budget = True
+            print(f"  time budget: {rep} of {repeats} repetitions fit; stopping here", flush=True)
+            break
+        t0 = time.monotonic()
         parts: dict[str, list[Measurement]] = {name: [] for name in paths}
+        first = rep % 2 == 0  # the whole-set path runs first in even repetitions, last in odd ones
+        if first:
+            for name in whole_paths:
+                if name not in failed:
+                    run_one(name, None, parts, rep)
+        live_chunked = [name for name in chunked if name not in failed]
         for j, chunk in enumerate(chunks):
-            turn = (rep + j) % len(paths)
-            for name in paths[turn:] + paths[:turn]:
-                if name in failed:
-                    continue
-                try:
-                    m, result = dev.measure(runner(name, chunk))
-                except (torch.cuda.OutOfMemoryError, MemoryError) as err:
-                    failed[name] = f"out of memory at batch size {args.batch_size}: {str(err).splitlines()[0][:200]}"
-                    print(f"  path {name}: {failed[name]}; dropped", flush=True)
-                    outputs.pop(name, None)
-                    dev.recover()
-                    continue
-                parts[name].append(m)
-                if rep == 0:
-                    outputs[name].append(result)
+            if not live_chunked:
+                break
+            turn = (rep + j) % len(live_chunked)
+            for name in live_chunked[turn:] + live_chunked[:turn]:
+                if name not in failed:
+                    run_one(name, chunk, parts, rep)
+        if not first:
+            for name in whole_paths:
+                if name not in failed:
+                    run_one(name, None, parts, rep)
         for name in paths:
             if name not in failed:
                 stats[name].chunks.append(parts[name])
-        paths = [name for name in paths if name not in failed]
-        if not paths:
+        live = [name for name in paths if name not in failed]
+        chunked = [name for name in chunked if name not in failed]
+        whole_paths = [name for name in whole_paths if name not in failed]
+        if not live:
             raise SystemExit("every path ran out of memory; lower --batch-size.")
-        print(f"  repetition {rep + 1}/{args.repeats}: "
-              + ", ".join(f"{n} {sum(m.seconds for m in parts[n]):.2f}s" for n in paths), flush=True)
+        rep_walls.append(time.monotonic() - t0)
+        print(f"  repetition {rep + 1}/{repeats}: "
+              + ", ".join(f"{n} {sum(m.seconds for m in parts[n]):.2f}s" for n in live), flush=True)
     stats = {name: st for name, st in stats.items() if name not in failed}
     load_end = C.load_average()
 
     # correctness: the harness path returns what the limit computes (rows in the same, sorted, order)
     checks: dict[str, Any] = {}
-    if "a" in paths and "b" in paths:
-        a_vecs = np.stack([state.vectors[0] for part in outputs["a"] for state in part])
+    if "b" in stats:
         b_vecs = torch.cat(outputs["b"]).numpy()
         scale = float(np.abs(b_vecs).max()) or 1.0
-        checks["a_vs_b_max_abs_diff_relative"] = float(np.abs(a_vecs - b_vecs).max() / scale)
+        for name in ("a", "A"):
+            if name in stats:
+                vecs = np.stack([state.vectors[0] for part in outputs[name] for state in part])
+                checks[f"{name}_vs_b_max_abs_diff_relative"] = float(np.abs(vecs - b_vecs).max() / scale)
 
     summaries = {name: s.summary(tokens) for name, s in stats.items()}
     ratios: dict[str, Any] = {}
@@ -515,10 +599,10 @@ def main(argv=None) -> dict[str, Any]:
     def add_ratio(key: str, num: str, den: str, target: float | tuple[float, float] | None, higher: bool = True):
         if num not in stats or den not in stats:
             return
-        value, per = throughput_ratio(stats[num], stats[den], args.clock)
-        entry: dict[str, Any] = {"value": value, "per_repetition": per, "clock": args.clock}
-        if args.mode == "cpu":
-            other = "wall" if args.clock == "cpu" else "cpu"
+        value, per = throughput_ratio(stats[num], stats[den], clock)
+        entry: dict[str, Any] = {"value": value, "per_repetition": per, "clock": clock}
+        if mode == "cpu":
+            other = "wall" if clock == "cpu" else "cpu"
             entry[f"value_{other}_clock"] = throughput_ratio(stats[num], stats[den], other)[0]
         if isinstance(target, tuple):
             entry.update(target_band=list(target), met=target[0] <= value <= target[1])
@@ -527,7 +611,10 @@ def main(argv=None) -> dict[str, Any]:
         ratios[key] = entry
 
     add_ratio("a/b", "a", "b", TARGET_A_OVER_B)
-    add_ratio("a/c", "a", "c", TARGET_A_OVER_C[args.shape])
+    add_ratio("A/b", "A", "b", TARGET_A_OVER_B)
+    add_ratio("a/c", "a", "c", TARGET_A_OVER_C[shape])
+    add_ratio("A/c", "A", "c", TARGET_A_OVER_C[shape])
+    add_ratio("A/a", "A", "a", None)
     ideal = n_layers / k
     add_ratio("d/b", "d", "b", (D_OVER_B_BAND[0] * ideal, D_OVER_B_BAND[1] * ideal))
     if "d/b" in ratios:
@@ -537,20 +624,21 @@ def main(argv=None) -> dict[str, Any]:
     add_ratio("n/b", "n", "b", None)
     if "h" in stats and "b" in stats:
         ratios["h/b"] = {
-            "value": stats["h"].robust_seconds(args.clock) / stats["b"].robust_seconds(args.clock),
-            "clock": args.clock,
+            "value": stats["h"].robust_seconds(clock) / stats["b"].robust_seconds(clock),
+            "clock": clock,
             "definition": "host work of the harness path (no forward) as a share of the limit's time; "
                           "a/b cannot exceed about 1 / (1 + h/b) where nothing overlaps it",
         }
-    if "a" in stats and "b" in stats:
-        wa, wb = summaries["a"]["work_bytes"], summaries["b"]["work_bytes"]
-        pa, pb = summaries["a"]["peak_bytes"], summaries["b"]["peak_bytes"]
-        ratios["mem a/b"] = {
-            "value": wa / wb if wb else float("nan"),
-            "definition": "peak memory added by the call (working memory: activations, outputs), a over b",
-            "target": TARGET_MEM_A_OVER_B, "met": (wa / wb if wb else math.inf) <= TARGET_MEM_A_OVER_B,
-            "total_peak_ratio": pa / pb if pb else float("nan"),
-        }
+    for name in ("a", "A"):
+        if name in stats and "b" in stats:
+            wa, wb = summaries[name]["work_bytes"], summaries["b"]["work_bytes"]
+            pa, pb = summaries[name]["peak_bytes"], summaries["b"]["peak_bytes"]
+            ratios[f"mem {name}/b"] = {
+                "value": wa / wb if wb else float("nan"),
+                "definition": f"peak memory added by the call (working memory: activations, outputs), {name} over b",
+                "target": TARGET_MEM_A_OVER_B, "met": (wa / wb if wb else math.inf) <= TARGET_MEM_A_OVER_B,
+                "total_peak_ratio": pa / pb if pb else float("nan"),
+            }
 
     # a verdict closer to its threshold than the run's noise floor is marked as such
     if "n/b" in ratios:
@@ -561,20 +649,22 @@ def main(argv=None) -> dict[str, Any]:
             elif "target_band" in e:
                 e["within_noise"] = min(abs(e["value"] - t) for t in e["target_band"]) <= noise * e["ideal_L_over_k"]
 
-    record = {
+    return {
         "benchmark": "hidden_states",
         **C.machine_record(),
-        "mode": args.mode,
+        "mode": mode,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {C.cpu_name()}",
         "versions": C.versions("torch", "transformers", "lm_eval", "numpy"),
-        "command": "python benchmarks/bench_hidden_states.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "settings": {
-            "shape": args.shape, "config": {k_: getattr(config, k_) for k_ in SHAPES["small"]},
+            "shape": shape, "config": {k_: getattr(config, k_) for k_ in SHAPES["small"]},
             "parameters": n_params, "dtype": str(dtype).replace("torch.", ""),
             "attn_implementation": getattr(config, "_attn_implementation", None),
-            "batch_size": args.batch_size, "repeats": args.repeats, "clock": args.clock,
-            "chunk_batches": args.chunk_batches, "chunks": len(chunks), "layer_k": k, "n_layers": n_layers,
-            "torch_threads": torch.get_num_threads(), "tokenizer": tokenizer_name, "seed": args.seed,
+            "batch_size": batch_size, "auto_batch_size": auto_batch,
+            "auto_probe_seconds": auto_probe_s, "repeats": repeats,
+            "repetitions_done": len(rep_walls), "stopped_by_budget": stopped_by_budget, "clock": clock,
+            "chunk_batches": chunk_batches, "chunks": len(chunks), "layer_k": k, "n_layers": n_layers,
+            "torch_threads": torch.get_num_threads(), "tokenizer": tokenizer_name, "seed": seed,
         },
         "texts": {
             "n": len(texts), "languages": sorted(set(langs)), "tokens": tokens,
@@ -587,16 +677,12 @@ def main(argv=None) -> dict[str, Any]:
                       / max(1e-9, sum(sum(st.rep_seconds("wall")) for st in stats.values())) / dev.threads),
         "memory_method": dev.memory_method,
         "paths": summaries,
-        "anchor_tok_s": ANCHOR_TOK_S.get(args.shape) if args.mode == "gpu" else None,
+        "anchor_tok_s": ANCHOR_TOK_S.get(shape) if mode == "gpu" else None,
         "ratios": ratios,
         "checks": checks,
         "failed_paths": failed,
         "targets_met": not failed and all(r.get("met", True) for r in ratios.values()),
     }
-    C.write_json(args.out, record)
-    print_report(record)
-    print(f"wrote {args.out}")
-    return record
 
 
 def print_report(r: dict[str, Any]) -> None:

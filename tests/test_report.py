@@ -413,3 +413,65 @@ def test_paired_shift_difference_resamples_the_same_pairs_for_both_models():
     assert res.difference["paired_shift"] == pytest.approx(res.values_b["paired_shift"] - res.values_a["paired_shift"])
     assert res.stderr["paired_shift"] < 0.25 * math.hypot(res.stderr_a["paired_shift"], res.stderr_b["paired_shift"])
 
+
+
+def test_non_numeric_and_missing_values_are_named_with_the_languages_each_mean_covers(runs, results, tmp_path):
+    b = _copy(runs["aligned"], tmp_path / "b")
+
+    def spoil(doc):
+        doc["results"]["safespace-toxicity-de"]["bcv_ratio,none"] = "oops"
+        del doc["results"]["safespace-toxicity-am"]["silhouette,none"]
+
+    _edit_results(b, spoil)
+    rep = build_report([runs["base"], b], tmp_path / "r", labels={runs["base"]: "base", b: "aligned"},
+                       base="base", aligned=["aligned"], plots=False, progress=False)
+    warnings = _texts(rep, "warning")
+    assert "aligned's results JSON holds a non-numeric bcv_ratio for de ('oops')" in warnings
+    assert "aligned's mean of bcv_ratio covers 2 of 3 languages (en, am)" in warnings
+    assert "aligned's results JSON holds no silhouette value for am" in warnings
+    assert "aligned's mean of silhouette covers 2 of 3 languages (en, de)" in warnings
+    # the mean is over exactly the languages it names, and equals their mean recomputed here
+    summary = json.loads(rep.summary.read_text())
+    mean = summary["models"]["aligned"]["families"]["toxicity"]["metrics"]["bcv_ratio"]["mean"]
+    assert mean["languages"] == ["en", "am"]
+    want = (_value(results["aligned"], "en", "bcv_ratio") + _value(results["aligned"], "am", "bcv_ratio")) / 2
+    assert mean["value"] == pytest.approx(want, rel=1e-12)
+    # the base model's mean is untouched (all three languages)
+    assert summary["models"]["base"]["families"]["toxicity"]["metrics"]["bcv_ratio"]["mean"]["languages"] == list(LANGS)
+    md = rep.markdown.read_text()
+    assert "mean of aligned: over 2 of 3 languages (en, am); left out: de (non-numeric value 'oops')." in md
+    assert "left out: am (no value in the results JSON)." in md
+    assert "mean of base:" not in md  # a mean over every language needs no such note
+    rows = _csv(rep.tables["toxicity_bcv_ratio"])
+    assert rows["de"]["aligned"] == "" and rows["de"]["gain aligned − base"] == ""
+    assert rep.comparison.run("aligned").task_for("toxicity", "de").unreadable == {"bcv_ratio": "oops"}
+
+
+def test_headings_say_no_gain_when_the_pair_shares_no_language(runs, tmp_path):
+    a = _copy(runs["base"], tmp_path / "a")
+    b = _copy(runs["aligned"], tmp_path / "b")
+
+    def keep(*langs):
+        def edit(doc):
+            for lang in LANGS:
+                if lang not in langs:
+                    del doc["results"][f"safespace-toxicity-{lang}"]
+        return edit
+
+    _edit_results(a, keep("am"))
+    _edit_results(b, keep("en", "de"))
+    rep = build_report([a, b], tmp_path / "r", labels={a: "base", b: "aligned"}, base="base", aligned=["aligned"],
+                       plots=False, progress=False)
+    md = rep.markdown.read_text()
+    assert "Alignment gain" not in md
+    assert "**aligned** (aligned) and **base** (base) were marked as a pair, but no gain could be computed" in md
+    assert "gain aligned − base: not computed — no language of toxicity has a bcv_ratio value in both runs" in md
+    assert not rep.comparison.gains
+    # with one shared language the heading names the gain again
+    c = _copy(runs["base"], tmp_path / "c")
+    _edit_results(c, keep("am", "de"))
+    rep2 = build_report([c, b], tmp_path / "r2", labels={c: "base", b: "aligned"}, base="base", aligned=["aligned"],
+                        plots=False, progress=False)
+    md2 = rep2.markdown.read_text()
+    assert "Alignment gain of **aligned** (aligned) against **base** (base) in toxicity." in md2
+    assert "not computed" not in md2

@@ -219,12 +219,34 @@ def _covered(mark: str, paths: Sequence[str | Path]) -> bool:
 
 def _intro(comp: Comparison) -> str:
     if comp.pairs:
-        pairs = "; ".join(f"**{a}** (aligned) against **{b}** (base)" for b, a in comp.pairs)
-        return f"Alignment gain reported for {pairs}. Families: {', '.join(comp.families)}."
+        parts = []
+        for b, a in comp.pairs:
+            with_gain = [fam for fam in comp.families if _has_gain(comp, (b, a), fam)]
+            without = [fam for fam in comp.families if fam not in with_gain]
+            if not with_gain:
+                parts.append(
+                    f"**{a}** (aligned) and **{b}** (base) were marked as a pair, but no gain could be computed: "
+                    "they share no language with a value in both runs, so every gain cell is — and the tables show "
+                    "each model's own values only"
+                )
+            else:
+                parts.append(
+                    f"Alignment gain of **{a}** (aligned) against **{b}** (base) in {', '.join(with_gain)}"
+                    + (f"; none in {', '.join(without)} (no language with a value in both runs)" if without else "")
+                )
+        return ". ".join(parts) + f". Families: {', '.join(comp.families)}."
     return (
         f"Models side by side: {', '.join(f'**{lab}**' for lab in comp.labels)}. No base/aligned pair was marked "
         "(`--base` / `--aligned`), so no gain is computed: differences between these models are not an "
         f"alignment effect unless they are a base model and its aligned version. Families: {', '.join(comp.families)}."
+    )
+
+
+def _has_gain(comp: Comparison, pair: tuple[str, str], family: str) -> bool:
+    """Whether at least one language of ``family`` got a finite gain for ``pair``."""
+    return any(
+        g.value == g.value and abs(g.value) != float("inf")
+        for (b, a, fam, _, _), g in comp.gains.items() if (b, a) == pair and fam == family
     )
 
 

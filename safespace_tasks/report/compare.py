@@ -192,6 +192,21 @@ class Comparison:
                 source += f" (NaN left out: {', '.join(lang for lang in langs if lang not in dict(finite))})"
         return self._agg(value, se, [lang for lang, _ in finite], source)
 
+    def left_out(self, label: str, family: str, metric: str) -> dict[str, str]:
+        """Languages of the family that ``label``'s mean of ``metric`` leaves out, each with why."""
+        out: dict[str, str] = {}
+        for lang in self.languages[family]:
+            t = self.task(label, family, lang)
+            if t is None:
+                out[lang] = "not in the run"
+            elif metric in t.unreadable:
+                out[lang] = f"non-numeric value {_short(t.unreadable[metric])}"
+            elif metric not in t.metrics:
+                out[lang] = "no value in the results JSON"
+            elif not math.isfinite(t.metrics[metric].value):
+                out[lang] = "NaN"
+        return out
+
     def english_minus_rest(self, label: str, family: str, metric: str) -> Aggregate:
         """``value(en) - mean(value of the other languages)``: how English-centric the separation is."""
         en = self.measurement(label, family, ENGLISH, metric)
@@ -355,7 +370,8 @@ def compare_runs(
     counts: dict[str, list[str]] = {}
     layer_metrics: dict[str, dict[str, list[str]]] = {}
     for fam in all_families:
-        keys = {k for r in runs for t in r.tasks.values() if t.family == fam for k in t.metrics}
+        # a metric that some run gives only as a non-numeric value still gets its table (and a notice)
+        keys = {k for r in runs for t in r.tasks.values() if t.family == fam for k in (*t.metrics, *t.unreadable)}
         plain = [k for k in keys if split_metric(k)[1] is None]
         metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k))
         counts[fam] = sorted(k for k in plain if is_count_metric(k))
@@ -389,6 +405,7 @@ def compare_runs(
         count_metrics=counts, layer_metrics=layer_metrics, pairs=pairs, notices=notices,
     )
     _check_coverage(comp)
+    _check_values(comp)
     _check_comparable(comp)
     _compute_gains(comp, n_boot=n_boot, progress=progress)
     return comp
@@ -435,6 +452,39 @@ def _check_coverage(comp: Comparison) -> None:
                     "warning",
                     f"{fam}: {lab} reports NaN for {', '.join(nan_langs)} (the run could not measure them; its log "
                     "and safespace_details JSON say why); shown as n/a and left out of means.",
+                ))
+
+
+def _short(raw: Any, limit: int = 40) -> str:
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _check_values(comp: Comparison) -> None:
+    """Name every metric value a results JSON gives as a non-number, or leaves out, and what it does to the mean."""
+    for fam in comp.families:
+        for lab in comp.runs_with(fam):
+            for metric in comp.metrics[fam]:
+                present = [lang for lang in comp.languages[fam] if comp.task(lab, fam, lang) is not None]
+                bad = {lang: comp.task(lab, fam, lang).unreadable[metric] for lang in present  # type: ignore[union-attr]
+                       if metric in comp.task(lab, fam, lang).unreadable}  # type: ignore[union-attr]
+                absent = [lang for lang in present if lang not in bad and metric not in comp.task(lab, fam, lang).metrics]  # type: ignore[union-attr]
+                if not bad and not absent:
+                    continue
+                covered = comp.mean(lab, fam, metric).languages
+                parts = []
+                if bad:
+                    files = sorted({comp.task(lab, fam, lang).results_file.name for lang in bad})  # type: ignore[union-attr]
+                    parts.append("a non-numeric " + metric + " for " + ", ".join(
+                        f"{lang} ({_short(raw)})" for lang, raw in bad.items()) + f" in {', '.join(files)}")
+                if absent:
+                    parts.append(f"no {metric} value for {', '.join(absent)}")
+                comp.notices.append(Notice(
+                    "warning",
+                    f"{fam}: {lab}'s results JSON holds {' and '.join(parts)}; "
+                    f"{'that cell shows' if len(bad) + len(absent) == 1 else 'those cells show'} —, and {lab}'s mean "
+                    f"of {metric} covers {len(covered)} of {len(comp.languages[fam])} languages"
+                    + (f" ({', '.join(covered)})." if covered else " (none)."),
                 ))
 
 

@@ -76,6 +76,9 @@ class TaskResult:
     states_path: Path | None = None
     details: dict[str, Any] | None = None
     states_problem: str | None = None
+    # metrics whose value in the results JSON is not a number: {metric: the raw value}; they have
+    # no Measurement, so their cells are empty and the means leave them out (the report says so)
+    unreadable: dict[str, Any] = field(default_factory=dict)
 
     def requested_layers(self) -> list[int] | None:
         layers = self.settings.get("layers")
@@ -188,8 +191,11 @@ def _number(x: Any) -> float | None:
     return None
 
 
-def parse_metrics(row: dict[str, Any]) -> dict[str, Measurement]:
-    """The metrics of a results row: ``{"bcv_ratio": Measurement(value, stderr), ...}``."""
+def parse_metrics(row: dict[str, Any], unreadable: dict[str, Any] | None = None) -> dict[str, Measurement]:
+    """The metrics of a results row: ``{"bcv_ratio": Measurement(value, stderr), ...}``.
+
+    A value that is not a number (a string other than a number's, a list, ...) has no
+    Measurement; when ``unreadable`` is given, it receives ``{metric: raw value}`` for each."""
     values: dict[str, float] = {}
     errors: dict[str, float | None] = {}
     for key, raw in row.items():
@@ -201,7 +207,9 @@ def parse_metrics(row: dict[str, Any]) -> dict[str, Measurement]:
             continue
         value = _number(raw)
         if value is None and raw is not None:
-            continue  # a non-numeric metric (lm-eval writes some as strings): nothing to tabulate
+            if unreadable is not None:  # a non-numeric metric: nothing to tabulate, but it is named
+                unreadable[_metric_key(name, flt)] = raw
+            continue
         values[_metric_key(name, flt)] = float("nan") if value is None else value
     out = {}
     for key, value in values.items():
@@ -305,16 +313,19 @@ def load_run(path: str | Path) -> Run:
             metadata = dict(config.get("metadata") or {})
             settings = {k: v for k, v in metadata.items() if k not in NON_SETTING_KEYS and k not in model_keys}
             n_eff = ((doc.get("n-samples") or {}).get(name) or {}).get("effective")
+            unreadable: dict[str, Any] = {}
+            metrics = parse_metrics(row, unreadable)
             task = TaskResult(
                 task=name,
                 family=family,
                 language=language,
                 version=(doc.get("versions") or {}).get(name, metadata.get("version")),
-                metrics=parse_metrics(row),
+                metrics=metrics,
                 n_samples=int(n_eff) if n_eff is not None else None,
                 settings=settings,
                 results_file=f,
                 details=(details or {}).get(name),
+                unreadable=unreadable,
             )
             _attach_states(task, folder, date_id)
             run.tasks[name] = task

@@ -158,6 +158,21 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
             + ("; † marks languages where the runs differ in task version, settings or number of texts" if flagged else "")
             + "."
         )
+    for lab in labels:
+        left = comp.left_out(lab, family, metric)
+        if left:
+            covered = comp.mean(lab, family, metric).languages
+            table.notes.append(
+                f"{MEAN_ROW} of {lab}: over {len(covered)} of {len(comp.languages[family])} languages"
+                + (f" ({', '.join(covered)})" if covered else "") + "; left out: "
+                + ", ".join(f"{lang} ({why})" for lang, why in left.items()) + "."
+            )
+    for pair, col in zip(comp.pairs, pair_cols):
+        if all(comp.gain(pair, family, lang, metric) is None for lang in comp.languages[family]):
+            table.notes.append(
+                f"{col}: not computed — no language of {family} has a {metric} value in both runs, so every gain "
+                "cell is —."
+            )
     table.notes.append(
         f"{MEAN_ROW}: mean over each model's languages (from the results JSON group row where it covers them); "
         + (f"{SHARED_MEAN_ROW}: over {', '.join(shared)}; " if differ else "")
