@@ -98,6 +98,8 @@ __all__ = [
     "transfer_pair",
     "transfer_matrix",
     "language_seed",
+    "paired_gain",
+    "paired_gain_dict",
 ]
 
 QUANTITIES = ("transfer_auroc", "direction_auroc", "own_auroc", "ratio", "ratio_above_chance", "cosine")
@@ -288,6 +290,7 @@ class TransferResult:
     n_target: int
     diagonal: bool
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, quantity: str) -> Estimate:
         return self.estimates[quantity]
@@ -352,7 +355,11 @@ def _pair(src: _Source, tgt: _Target, layer: int | None, ci_level: float) -> Tra
         "own_probe_folds": len(tgt.own_folds),
         "grouped": tgt.groups is not None,
     }
-    return TransferResult(src.name, tgt.name, layer, est, int(src.y.size), int(tgt.y.size), diag, diagnostics)
+    diagnostics["n_boot"] = 0 if tgt.W is None else int(tgt.W.shape[1])
+    reps = {"transfer_auroc": transfer_reps, "direction_auroc": direction_reps, "own_auroc": tgt.own_reps,
+            "ratio": ratio_reps, "ratio_above_chance": above_reps, "cosine": cos_reps}
+    reps = {k: np.asarray(v, dtype=np.float64) for k, v in reps.items() if v is not None}
+    return TransferResult(src.name, tgt.name, layer, est, int(src.y.size), int(tgt.y.size), diag, diagnostics, reps)
 
 
 def transfer_pair(
@@ -529,3 +536,53 @@ def transfer_matrix(
             for src in fitted_s:
                 cells[(layer, src.name, t)] = _pair(src, tgt, layer, ci_level)
     return TransferMatrix(lay, list(sources), targets, cells, ci_level, int(n_boot), int(seed))
+
+
+# --------------------------------------------------------------------------- two models
+
+
+GAIN_QUANTITIES = ("transfer_auroc", "direction_auroc", "own_auroc")
+
+
+def paired_gain(base: TransferResult, aligned: TransferResult, quantity: str = "transfer_auroc",
+                ci_level: float = 0.95) -> Estimate:
+    r"""``aligned - base`` of one quantity for one cell measured on two models, with a **paired**
+    interval: a target's resamples depend only on its labels, groups, ``n_boot``, ``seed`` and name,
+    so two runs on the same texts (same order, same settings) score replicate b on the same
+    resample, and the interval is the percentile interval of
+    :math:`\mathrm{AUC}^{aligned}_b - \mathrm{AUC}^{base}_b`. Each model's source direction is held
+    fixed (as in its own intervals). Raises when the cells cannot be paired."""
+    if (base.source, base.target, base.layer) != (aligned.source, aligned.target, aligned.layer):
+        raise SeparationInputError(
+            f"cannot pair cell {(base.source, base.target, base.layer)} with {(aligned.source, aligned.target, aligned.layer)}."
+        )
+    if base.n_target != aligned.n_target or base.n_source != aligned.n_source:
+        raise SeparationInputError(
+            f"cell {base.source}->{base.target}: the runs hold different numbers of texts (target {base.n_target} vs "
+            f"{aligned.n_target}, source {base.n_source} vs {aligned.n_source}); a paired gain needs the same texts."
+        )
+    value = aligned[quantity].value - base[quantity].value
+    rb, ra = base.replicates.get(quantity), aligned.replicates.get(quantity)
+    if rb is None or ra is None or rb.shape != ra.shape:
+        return _estimate(value, None, ci_level)
+    return _estimate(value, ra - rb, ci_level)
+
+
+def paired_gain_dict(base: TransferMatrix, aligned: TransferMatrix) -> dict[str, Any]:
+    """Paired gains (:func:`paired_gain`) of every cell the two runs share, in the plain form the
+    report reads: ``{"kind": "safespace_transfer_gain", "ci_level", "cells": [{"layer", "source",
+    "target", "transfer_auroc": {"value", "ci", ...}, "direction_auroc": ..., "own_auroc": ...}]}``."""
+    if base.seed != aligned.seed or base.n_boot != aligned.n_boot:
+        raise SeparationInputError(
+            f"the runs used different seeds or n_boot ({base.seed}/{base.n_boot} vs {aligned.seed}/{aligned.n_boot}): "
+            "their resamples differ, so the gain cannot be paired. Rerun with the same settings."
+        )
+    cells = []
+    for key, b in base.cells.items():
+        a = aligned.cells.get(key)
+        if a is None:
+            continue
+        entry: dict[str, Any] = {"layer": b.layer, "source": b.source, "target": b.target, "diagonal": b.diagonal}
+        entry.update({q: paired_gain(b, a, q, base.ci_level).to_dict() for q in GAIN_QUANTITIES})
+        cells.append(entry)
+    return {"kind": "safespace_transfer_gain", "ci_level": base.ci_level, "n_boot": base.n_boot, "cells": cells}

@@ -122,6 +122,12 @@ def test_gain_per_language(tmp_path):
     assert table["de"] == ["0.600", "0.850", "+0.250", "0.750", "0.900", "+0.150"]
     assert table["am"][2] == "+0.030"
     assert _png_size(plot_transfer_gain(rows, tmp_path / "g.png"))[0] >= 420
+    paired = {"kind": "safespace_transfer_gain", "cells": [
+        {"layer": 30, "source": "en", "target": "de", "transfer_auroc": {"value": 0.25, "ci": [0.2, 0.31]},
+         "own_auroc": {"value": 0.15, "ci": [0.1, 0.18]}}]}
+    with_ci = _rows(gain_markdown(transfer_gain(base, aligned, paired=paired)))
+    assert with_ci["de"][2] == "+0.250 [0.200, 0.310]" and with_ci["de"][5] == "+0.150 [0.100, 0.180]"
+    assert with_ci["am"][2] == "+0.030"  # no paired cell: no interval shown
     with pytest.raises(TransferReportError, match="same texts"):
         transfer_gain(base, _fake({"en": (0.9, 0.9), "de": (0.8, 0.8), "am": (0.5, 0.7)}, n=99))
 

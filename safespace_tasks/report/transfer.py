@@ -163,12 +163,17 @@ def source_markdown(data: Any, source: str = "en", layer: Any = None) -> str:
 
 
 def transfer_gain(base: Any, aligned: Any, *, source: str = "en", layer: Any = None,
-                  quantity: str = "transfer_auroc") -> list[dict[str, Any]]:
+                  quantity: str = "transfer_auroc", paired: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Per target: ``aligned - base`` of a quantity (default the transfer AUROC) and of the own
     AUROC, for one source and layer. The two runs must hold the same targets with the same numbers
     of texts (the same texts, measured on two models); otherwise the gain would compare different
-    samples, and this raises. The gain carries no interval: the two runs' intervals are not paired.
+    samples, and this raises. The two runs' own intervals do not give one for the gain; pass
+    ``paired`` (the dict of :func:`safespace_tasks.transfer.paired_gain_dict`, computed from both
+    models' states) and the rows carry its paired intervals as ``gain_ci`` and ``own_gain_ci``.
     """
+    if paired is not None and paired.get("kind") != "safespace_transfer_gain":
+        raise TransferReportError("paired must be the dict of paired_gain_dict() (kind 'safespace_transfer_gain').")
+    paired_cells = {} if paired is None else {(c["layer"], c["source"], c["target"]): c for c in paired["cells"]}
     base, aligned = load_transfer(base), load_transfer(aligned)
     lb, la = _layer(base, layer), _layer(aligned, layer)
     if lb != la:
@@ -193,6 +198,10 @@ def transfer_gain(base: Any, aligned: Any, *, source: str = "en", layer: Any = N
             "base_own": b["own_auroc"]["value"], "aligned_own": a["own_auroc"]["value"],
             "own_gain": a["own_auroc"]["value"] - b["own_auroc"]["value"],
         })
+        pc = paired_cells.get((lb, source, t))
+        if pc is not None:
+            rows[-1]["gain_ci"] = pc[quantity].get("ci")
+            rows[-1]["own_gain_ci"] = pc["own_auroc"].get("ci")
     if not rows:
         raise TransferReportError(f"source {source!r} has no cells in these runs.")
     return rows
@@ -210,8 +219,9 @@ def gain_markdown(rows: list[dict[str, Any]], *, source: str = "en", base_label:
     for r in rows:
         name = f"{r['target']} (source)" if r["diagonal"] else r["target"]
         lines.append(
-            f"| {name} | {_fmt(r['base'])} | {_fmt(r['aligned'])} | {_fmt(r['gain'], signed=True)} | "
-            f"{_fmt(r['base_own'])} | {_fmt(r['aligned_own'])} | {_fmt(r['own_gain'], signed=True)} |"
+            f"| {name} | {_fmt(r['base'])} | {_fmt(r['aligned'])} | {_fmt(r['gain'], signed=True)}"
+            f"{_interval(r.get('gain_ci'))} | {_fmt(r['base_own'])} | {_fmt(r['aligned_own'])} | "
+            f"{_fmt(r['own_gain'], signed=True)}{_interval(r.get('own_gain_ci'))} |"
         )
     return "\n".join(lines) + "\n"
 
