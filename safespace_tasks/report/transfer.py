@@ -246,7 +246,8 @@ def plot_transfer_heatmap(data: Any, path: str | Path, *, quantity: str = "trans
     layer = _layer(data, layer)
     M = transfer_matrix_array(data, quantity, layer)
     n_s, n_t = M.shape
-    fig = _figure(max(420, 70 + 48 * n_t), max(220, 130 + 40 * n_s))
+    head = title or QUANTITY_TITLES.get(quantity, quantity) + ("" if layer is None else f" — hidden state {layer}")
+    fig = _figure(max(420, 70 + 48 * n_t, 20 + 9 * len(head)), max(220, 130 + 40 * n_s))
     ax = fig.add_axes((0.12, 0.2, 0.74, 0.62))
     lo, hi = _RANGES.get(quantity, (np.nanmin(M), np.nanmax(M)))
     centre = _CENTRES.get(quantity, (lo + hi) / 2)
@@ -269,7 +270,6 @@ def plot_transfer_heatmap(data: Any, path: str | Path, *, quantity: str = "trans
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
     cax = fig.add_axes((0.88, 0.2, 0.025, 0.62))
     fig.colorbar(image, cax=cax)
-    head = title or QUANTITY_TITLES.get(quantity, quantity) + ("" if layer is None else f" — hidden state {layer}")
     fig.text(0.01, 0.97, head, ha="left", va="top", fontsize=10, weight="bold")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
