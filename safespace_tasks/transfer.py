@@ -339,8 +339,10 @@ def _pair(src: _Source, tgt: _Target, layer: int | None, ci_level: float) -> Tra
     if tgt.own_reps is not None:
         ratio_reps, above_reps = ratios(transfer_reps, tgt.own_reps)
     if diag:
-        ratio = above = np.float64(1.0) if tgt.own > 0.5 else np.float64(np.nan)
-        ratio_reps = above_reps = ones
+        ratio = np.float64(1.0)
+        above = np.float64(1.0) if tgt.own > 0.5 else np.float64(np.nan)
+        ratio_reps = ones
+        above_reps = None if ones is None else (ones if tgt.own > 0.5 else np.full_like(ones, np.nan))
     est = {
         "transfer_auroc": _estimate(transfer, transfer_reps, ci_level),
         "direction_auroc": _estimate(direction, direction_reps, ci_level),
