@@ -1,0 +1,155 @@
+"""The ``layers`` setting: which hidden states a task reads.
+
+Pure Python (numpy only for integer types); knows nothing of torch or lm-eval.
+
+Hidden-state indices follow ``output_hidden_states`` of transformers, for a model with L decoder
+blocks: index 0 is the embedding output, index i (1 <= i <= L) the output of block i, and index L
+(also written -1) the final layer, the last block's output **after the model's final norm**. So
+there are L + 1 hidden states, and a negative index counts from the end of that list exactly as
+``hidden_states[-k]`` does: -1 = L, -2 = L - 1 (the output of block L - 1), ..., -(L + 1) = 0.
+
+Accepted forms of the setting (one value, or a list whose items are unioned):
+
+``"all"``
+    every hidden state, 0..L.
+``5``, ``-1``, ``"5"``, ``"-1"``
+    one index.
+``"a:b"``, ``"a:b:s"``, ``":b"``, ``"a:"``, ``":"``
+    a range with **Python slice semantics over the list of L + 1 hidden states**: ``"0:12"`` is
+    ``hidden_states[0:12]``, i.e. indices 0..11 (the end is excluded), ``"-4:"`` the last four
+    (L-3..L, the final layer included), ``"::4"`` every fourth. Unlike a Python slice, a bound
+    outside -(L + 1)..L + 1 is an error (not silently clipped), as is a range that selects
+    nothing or a step that is not positive.
+``"0,4,8"``, ``"0 4 -1"``, ``[0, 4, "10:12", -1]``
+    a list of any of the above; the result is their union.
+
+:func:`parse_layers` returns the sorted, de-duplicated absolute indices (each in 0..L), so the same
+state named twice (``[30, -1]`` with L = 30) is read once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label"]
+
+ALLOWED_FORMS = (
+    "'all'; an integer index such as 5 or -1 (-1 = final layer after the norm); a range 'a:b' or 'a:b:step' "
+    "with Python slice semantics over the hidden states 0..L (end excluded, e.g. '0:12' = 0..11, '-4:' = the last "
+    "four); or a list of these, as a YAML list or a string separated by commas or spaces (e.g. '0,4,8,-1')"
+)
+
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class LayerSpecError(ValueError):
+    """A ``layers`` setting that cannot be read (the message names the key, the value and the allowed forms)."""
+
+
+def _fail(key: str, value: Any, problem: str) -> LayerSpecError:
+    return LayerSpecError(f"setting {key!r} = {value!r}: {problem}. Allowed forms: {ALLOWED_FORMS}.")
+
+
+def _index(item: int, n_layers: int, key: str, value: Any) -> int:
+    if not -(n_layers + 1) <= item <= n_layers:
+        raise _fail(
+            key, value,
+            f"layer {item} is out of range for a model with {n_layers} decoder layers (hidden-state indices run "
+            f"0..{n_layers}, or -{n_layers + 1}..-1 counting from the final layer)",
+        )
+    return item + n_layers + 1 if item < 0 else item
+
+
+def _range(text: str, n_layers: int, key: str, value: Any) -> list[int]:
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise _fail(key, value, f"range {text!r} has more than two ':'")
+    for p in parts:
+        if p.strip() and not _INT.match(p.strip()):
+            raise _fail(key, value, f"range {text!r} holds {p.strip()!r}, which is not an integer")
+    start, stop = (int(p) if p.strip() else None for p in parts[:2])
+    step = int(parts[2]) if len(parts) == 3 and parts[2].strip() else 1
+    if step < 1:
+        raise _fail(key, value, f"range {text!r} has step {step}; the step must be a positive integer")
+    count = n_layers + 1
+    for name, bound in (("start", start), ("end", stop)):
+        if bound is not None and not -count <= bound <= count:
+            raise _fail(
+                key, value,
+                f"range {text!r}: {name} {bound} lies outside -{count}..{count} for a model with {n_layers} decoder "
+                f"layers ({count} hidden states)",
+            )
+    selected = list(range(count))[slice(start, stop, step)]
+    if not selected:
+        raise _fail(
+            key, value,
+            f"range {text!r} selects no hidden state of a model with {n_layers} decoder layers (the end is excluded: "
+            f"'{start if start is not None else ''}:{stop}' stops before {stop})",
+        )
+    return selected
+
+
+def _item(item: Any, n_layers: int, key: str, value: Any) -> list[int]:
+    if isinstance(item, (bool, np.bool_)):
+        raise _fail(key, value, f"{item!r} is a boolean, not a layer")
+    if isinstance(item, (int, np.integer)):
+        return [_index(int(item), n_layers, key, value)]
+    if isinstance(item, str):
+        text = re.sub(r"\s*:\s*", ":", item.strip())  # '0 : 4' is one range, not three entries
+        if not text:
+            raise _fail(key, value, "an empty entry names no layer")
+        if re.search(r"[,\s]", text):
+            out: list[int] = []
+            for piece in re.split(r"[,\s]+", text):
+                if piece:
+                    out.extend(_item(piece, n_layers, key, value))
+            return out
+        if text.lower() == "all":
+            return list(range(n_layers + 1))
+        if ":" in text:
+            return _range(text, n_layers, key, value)
+        if _INT.match(text):
+            return [_index(int(text), n_layers, key, value)]
+        raise _fail(key, value, f"{text!r} is neither 'all', an integer nor a range")
+    if isinstance(item, float):
+        raise _fail(key, value, f"{item!r} is a float; layer indices are integers")
+    raise _fail(key, value, f"an entry of type {type(item).__name__} is not a layer")
+
+
+def parse_layers(value: Any, n_layers: int, *, key: str = "layers") -> tuple[int, ...]:
+    """Sorted unique hidden-state indices (each in ``0..n_layers``) named by a ``layers`` setting.
+
+    ``n_layers`` is the number of decoder blocks L; the model has L + 1 hidden states. ``key`` is the
+    setting's name as the user wrote it, used in error messages. Raises :class:`LayerSpecError`.
+    """
+    if isinstance(n_layers, bool) or not isinstance(n_layers, (int, np.integer)) or n_layers < 1:
+        raise LayerSpecError(f"n_layers must be a positive integer (the model's number of decoder blocks); got {n_layers!r}.")
+    n_layers = int(n_layers)
+    if value is None:
+        raise _fail(key, value, "no layer given")
+    if isinstance(value, (str, int, np.integer, bool, np.bool_, float)):
+        items: Sequence[Any] = [value]
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+        if not items:
+            raise _fail(key, value, "the list is empty")
+    else:
+        raise _fail(key, value, f"a value of type {type(value).__name__} is not a layer setting")
+    out: set[int] = set()
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            raise _fail(key, value, f"nested list {item!r}; give one flat list")
+        out.update(_item(item, n_layers, key, value))
+    return tuple(sorted(out))
+
+
+def layer_label(index: int, n_layers: int) -> str:
+    """A short human name of hidden-state ``index``: 'embeddings', 'block 7', 'final (after norm)'."""
+    if index == 0:
+        return "embeddings"
+    if index == n_layers:
+        return "final (after norm)"
+    return f"block {index}"
