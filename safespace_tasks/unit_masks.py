@@ -68,8 +68,8 @@ class UnitMask:
     """Class labels per unit with the metadata that says where they come from."""
 
     def __init__(self, mlp: np.ndarray, attn: np.ndarray, metadata: dict[str, Any]):
-        self.mlp = np.asarray(mlp, dtype=np.uint8)
-        self.attn = np.asarray(attn, dtype=np.uint8)
+        self.mlp = np.ascontiguousarray(mlp, dtype=np.uint8)  # safetensors writes the buffer as it lies
+        self.attn = np.ascontiguousarray(attn, dtype=np.uint8)
         if self.mlp.ndim != 2 or self.attn.ndim != 2 or self.mlp.shape[0] != self.attn.shape[0]:
             raise MaskError(f"mask arrays must be (layers x neurons) and (layers x heads); got {self.mlp.shape}, {self.attn.shape}.")
         bad = set(np.unique(np.r_[self.mlp.ravel(), self.attn.ravel()]).tolist()) - set(CLASSES.values())
