@@ -294,3 +294,60 @@ def write_pruned_checkpoint(src: str | Path, mask_path: str | Path, out: str | P
             "pruned": counts, "mask_metadata": mask.metadata}
     (out / "safespace_pruning.json").write_text(json.dumps(info, indent=2, default=str))
     return info
+
+
+# --- per-unit statistics files (what `safespace units stats` writes and `units mask` reads) -----
+
+STATS_FORMAT = "safespace-unit-stats/1"
+
+
+def save_unit_stats(path: str | Path, sets: dict[str, "UnitStatistics"], layout: UnitLayout, metadata: dict[str, Any]) -> Path:
+    """One safetensors file: per set and site the count, mean and M2 (float64), the layout's
+    weight norms, and JSON metadata (layout, fingerprint, data, settings)."""
+    from safetensors.numpy import save_file
+
+    tensors = {"layout.mlp_out_sq_norm": layout.mlp_out_sq_norm, "layout.attn_out_sq_norm": layout.attn_out_sq_norm}
+    docs = {}
+    for set_name, stats in sets.items():
+        docs[set_name] = {"n_docs": stats.n_docs, "n_tokens": stats.n_tokens, "truncated": stats.truncated}
+        for site, st in stats.sites.items():
+            tensors[f"{set_name}.{site}.count"] = np.array([st.count], dtype=np.int64)
+            tensors[f"{set_name}.{site}.mean"] = np.ascontiguousarray(st.mean, dtype=np.float64)
+            tensors[f"{set_name}.{site}.m2"] = np.ascontiguousarray(st.m2, dtype=np.float64)
+    meta = {"format": STATS_FORMAT, "layout": json.dumps(layout.to_dict()), "docs": json.dumps(docs)}
+    meta.update({k: json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_unit_stats(path: str | Path) -> tuple[dict[str, "UnitStatistics"], UnitLayout, dict[str, Any]]:
+    from safetensors import safe_open
+
+    from safespace_tasks.units import RunningStats, UnitStatistics
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(f"unit statistics file {path} does not exist; write one with `safespace units stats`.")
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != STATS_FORMAT:
+            raise MaskError(f"{path} is not a unit statistics file (format {meta.get('format')!r}).")
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    info = {k: json.loads(v) for k, v in meta.items() if k != "format"}
+    lay = info.pop("layout")
+    layout = UnitLayout(mlp_out_sq_norm=arrays["layout.mlp_out_sq_norm"], attn_out_sq_norm=arrays["layout.attn_out_sq_norm"], **lay)
+    docs = info.pop("docs")
+    sets = {}
+    for set_name, d in docs.items():
+        sites = {}
+        for site in ("mlp", "attn"):
+            if f"{set_name}.{site}.mean" in arrays:
+                sites[site] = RunningStats(int(arrays[f"{set_name}.{site}.count"][0]), arrays[f"{set_name}.{site}.mean"],
+                                           arrays[f"{set_name}.{site}.m2"])
+        sets[set_name] = UnitStatistics(sites, n_docs=d["n_docs"], n_tokens=d["n_tokens"], truncated=d["truncated"])
+    return sets, layout, info
+
+
+__all__ += ["save_unit_stats", "load_unit_stats"]
