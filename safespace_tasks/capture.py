@@ -380,13 +380,18 @@ def capture_pooled(
 
 def _row_stats(hidden: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row count, mean and M2 (float64) of ``hidden`` (batch x tokens x channels) over the
-    tokens where ``select`` (batch x tokens, bool) holds; two passes, so exact in float64."""
+    tokens where ``select`` (batch x tokens, bool) holds; two passes, so exact in float64. Only the
+    selected tokens are converted to float64 (padding and unscored tokens cost nothing)."""
     sel = select.to(hidden.device)
-    x = hidden.to(torch.float64)
-    w = sel.unsqueeze(-1).to(torch.float64)
+    rows = sel.nonzero(as_tuple=True)
+    x = hidden[rows].to(torch.float64)  # selected tokens x channels
+    row_of = rows[0]
+    batch, channels = hidden.shape[0], hidden.shape[-1]
     count = sel.sum(dim=1)
-    mean = (x * w).sum(dim=1) / count.clamp(min=1).unsqueeze(-1).to(torch.float64)
-    m2 = (((x - mean.unsqueeze(1)) * w) ** 2).sum(dim=1)
+    total = torch.zeros(batch, channels, dtype=torch.float64, device=hidden.device).index_add_(0, row_of, x)
+    mean = total / count.clamp(min=1).unsqueeze(-1).to(torch.float64)
+    dev = x.sub_(mean[row_of])
+    m2 = torch.zeros_like(total).index_add_(0, row_of, dev.mul_(dev))
     return count, mean, m2
 
 
