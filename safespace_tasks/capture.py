@@ -1,8 +1,17 @@
-"""Pooled hidden states of a decoder-only transformer, read with hooks on the requested layers only.
+"""Captures of a decoder-only transformer: SITES x REDUCERS, read with hooks, one code path.
 
-torch only; knows nothing of lm-eval. Given a model, token ids and the layers to read, it runs the
-model's decoder stack (never the LM head, so no logits are computed), pools one vector per text
-and layer, and stops the forward pass right after the deepest requested layer.
+torch only; knows nothing of lm-eval. Given a model, token ids and the sites to read, it runs the
+model's decoder stack (never the LM head, so no logits are computed), hands each site's tensor to a
+reducer, and stops the forward pass as soon as every site has been read.
+
+* sites: the residual stream at hidden-state index i (:class:`ResidualSite`), or the input of a
+  named sub-module in every block (:class:`ModuleInputSite`; ``"mlp"`` = the MLP output projection
+  ``mlp.down_proj`` / GPT-2 ``mlp.c_proj``, ``"attn"`` = the attention output projection
+  ``self_attn.o_proj`` / GPT-2 ``attn.c_proj``; see ``MODULE_INPUT_PATHS``), resolved by module
+  path with an error that names the model class and every path tried.
+* reducers: pool one token or the mean (:func:`capture_pooled`: one vector per text and layer), or
+  per-channel running statistics over selected tokens (:func:`capture_unit_stats`: count, mean and
+  M2 in float64 per text, mergeable across batches and processes).
 
 Layer numbering follows ``output_hidden_states`` of transformers: index 0 is the input of the
 first decoder block (the embedding output, scaled where the model scales it), index i the output

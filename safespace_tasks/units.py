@@ -295,9 +295,11 @@ def analyse(safety: UnitStatistics, utility: UnitStatistics, layout: UnitLayout,
     """Headline numbers and per-unit arrays of one model.
 
     Returns ``shares`` (class -> params/units share), ``per_type`` (module type -> class -> unit
-    share), ``per_layer`` (layer -> module type -> class -> unit share), ``profile`` (mean diff per
-    layer, all units of the layer), ``counts`` (scored tokens and docs per set), and ``arrays``
-    (``z_safety``, ``z_utility``, ``labels``, ``params``, ``layer``, ``kind``, ``index``).
+    share), ``per_layer`` (layer -> module type -> class -> unit share), ``profile`` (safety
+    specialisation per layer: the mean over the layer's units of log(WIFV_S / WIFV_U); the mean of
+    ``diff`` would be 0 in every layer by construction of the per-layer z-scores),
+    ``scu_share_per_layer``, ``counts`` (scored tokens and docs per set), and ``arrays``
+    (``z_safety``, ``z_utility``, ``log_ratio``, ``labels``, ``params``, ``layer``, ``kind``, ``index``).
     """
     z_s = unit_scores(safety, layout, settings.ddof)
     z_u = unit_scores(utility, layout, settings.ddof)
@@ -312,19 +314,51 @@ def analyse(safety: UnitStatistics, utility: UnitStatistics, layout: UnitLayout,
          for k, name in kinds.items()}
         for l in range(layout.n_layers)
     ]
-    profile = np.array([diff[layer == l].mean() for l in range(layout.n_layers)])
+    # Per-layer z-scores have mean 0 in every layer for both sets, so the mean of diff over a
+    # layer's units is 0 by construction: the profile reads magnitudes instead, the mean over a
+    # layer's units of log(WIFV_safety / WIFV_utility) (a head: the mean over its channels).
+    log_ratio = _log_ratio_units(safety, utility, layout, settings.ddof)
+    profile = np.array([_nanmean(log_ratio[layer == l]) for l in range(layout.n_layers)])
+    scu_share = np.array([float(np.mean(labels[layer == l] == CLASSES["SCU"])) for l in range(layout.n_layers)])
     return {
         "shares": class_shares(labels, params),
         "per_type": per_type,
         "per_layer": per_layer,
         "profile": profile.tolist(),
+        "profile_note": "mean log(WIFV_safety / WIFV_utility) per layer; > 0: the layer's units vary more on safety tokens",
+        "profile_undefined_units": int(np.isnan(log_ratio).sum()),
+        "scu_share_per_layer": scu_share.tolist(),
         "counts": {"safety_tokens": safety.count, "safety_docs": safety.n_docs,
                    "utility_tokens": utility.count, "utility_docs": utility.n_docs},
         "settings": {"ru": settings.ru, "scu": settings.scu, "ucu": settings.ucu, "ddof": settings.ddof},
         "layout": layout.to_dict(),
-        "arrays": {"z_safety": z_s, "z_utility": z_u, "labels": labels, "params": params,
+        "arrays": {"z_safety": z_s, "z_utility": z_u, "log_ratio": log_ratio, "labels": labels, "params": params,
                    "layer": layer, "kind": kind, "index": index},
     }
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def _log_ratio_units(safety: UnitStatistics, utility: UnitStatistics, layout: UnitLayout, ddof: int = 0) -> np.ndarray:
+    """log(WIFV_S / WIFV_U) per unit in canonical order (NaN where either score is 0: a dead channel)."""
+    out = []
+    for site in SITES:
+        norms = layout.mlp_out_sq_norm if site == "mlp" else layout.attn_out_sq_norm
+        s = wifv(safety.sites[site].variance(ddof), norms)
+        u = wifv(utility.sites[site].variance(ddof), norms)
+        ok = (s > 0) & (u > 0)
+        lr = np.full(s.shape, np.nan)
+        lr[ok] = np.log(s[ok] / u[ok])
+        if site == "attn":
+            lr = lr.reshape(layout.n_layers, layout.n_heads, layout.head_dim)
+            with np.errstate(invalid="ignore"):
+                cnt = (~np.isnan(lr)).sum(axis=2)
+                lr = np.where(cnt > 0, np.nansum(lr, axis=2) / np.maximum(cnt, 1), np.nan)
+        out.append(lr)
+    return np.concatenate(out, axis=1).reshape(-1)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

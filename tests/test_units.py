@@ -58,7 +58,15 @@ def _qwen2():
                                         num_attention_heads=4, num_key_value_heads=1)).eval()
 
 
-BUILDERS = {"llama": _llama, "gpt2": _gpt2, "qwen2": _qwen2}
+def _gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8)).eval()
+
+
+BUILDERS = {"llama": _llama, "gpt2": _gpt2, "qwen2": _qwen2, "gemma3": _gemma3}
 TEXTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 40], [14, 15, 16, 17], [18, 19]]
 STARTS = [3, 1, 2, 0]  # first scored token of each text
 
@@ -299,3 +307,21 @@ def test_split_half_overlap_is_high_for_strong_planted_units():
     utility = _stats(rng, lay, n=200)
     out = split_half_overlap(docs, utility, lay, ClassSettings(ru=0.1, scu=3 * 10 / lay.unit_params().sum(), ucu=0.1))
     assert out["jaccard"] == 1.0 and out["expected_random"] < 0.1 and out["sizes"] == [3, 3]
+
+
+def test_profile_reads_where_safety_activity_is_larger():
+    rng = np.random.default_rng(5)
+    lay = _layout(n_layers=3, n_neurons=50, n_heads=2, head_dim=4, rng=rng)
+    mlp_s = rng.normal(size=(300, 3, 50))
+    mlp_s[:, 2] *= 3  # layer 2 varies 9x more on safety tokens
+    safety = UnitStatistics({"mlp": RunningStats.of(mlp_s), "attn": RunningStats.of(rng.normal(size=(300, 3, 8)))})
+    utility = _stats(rng, lay, n=300)
+    res = analyse(safety, utility, lay)
+    prof = res["profile"]
+    assert abs(prof[0]) < 0.2 and abs(prof[1]) < 0.2
+    assert prof[2] > 1.0  # log 9 = 2.2 for the neurons, ~0 for the heads
+    # the mean of the z-score difference is zero per layer by construction: why the profile reads log ratios
+    a = res["arrays"]
+    for l in range(3):
+        sel = (a["layer"] == l) & (a["kind"] == 0)
+        assert abs((a["z_safety"] - a["z_utility"])[sel].mean()) < 1e-12
