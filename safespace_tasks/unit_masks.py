@@ -267,7 +267,7 @@ def write_pruned_checkpoint(src: str | Path, mask_path: str | Path, out: str | P
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     mask = load_mask(mask_path)
-    model = AutoModelForCausalLM.from_pretrained(str(src), torch_dtype="auto").eval()
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype="auto").eval()
     check_mask(mask, model)
     if mean_inputs is not None:
         parts, mlp_path, attn_path = _block_modules(model)
@@ -277,7 +277,7 @@ def write_pruned_checkpoint(src: str | Path, mask_path: str | Path, out: str | P
             for flag in _bias_flags(config):
                 setattr(config, flag, True)
             state = model.state_dict()
-            biased = AutoModelForCausalLM.from_config(config, torch_dtype=model.dtype).eval()
+            biased = AutoModelForCausalLM.from_config(config, dtype=model.dtype).eval()
             missing, unexpected = biased.load_state_dict(state, strict=False)
             if unexpected or any(not k.endswith(".bias") for k in missing):
                 raise MaskError(f"switching biases on changed more than biases: missing {missing[:5]}, unexpected {unexpected[:5]}.")
