@@ -192,19 +192,6 @@ def test_unknown_module_layout_names_the_class_and_the_paths_tried():
         unit_layout(model)
 
 
-def test_encoder_only_model_is_refused_with_the_architectures_that_work():
-    from transformers import BertConfig, BertLMHeadModel
-
-    from safespace_tasks.capture import capture_pooled
-
-    bert = BertLMHeadModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=64, is_decoder=True)).eval()
-    ids, mask = pad_batch([[1, 2, 3]], 0)
-    for layers in ([-1], [1]):  # the old advice ("request layer 1") must not end in a TypeError
-        with pytest.raises(CaptureError, match=r"BertLMHeadModel.*encoder-only.*Llama, Gemma, Qwen"):
-            capture_pooled(bert, ids, mask, layers)
-
-
 # ---------- scores and classes (pure) ----------
 
 def _layout(n_layers=2, n_neurons=20, n_heads=4, head_dim=3, rng=None, neuron_params=10.0, head_params=30.0):
