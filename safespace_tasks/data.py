@@ -476,3 +476,60 @@ DOC_LOADERS[(RTPLX.hub_id, "prompts")] = rtplx_docs
 DOC_LOADERS[(PARADETOX.hub_id, "rewrites")] = detox_docs
 
 __all__ += ["RTPLX", "RTPLX_MIRRORED", "LANGUAGE_NAMES", "language_name", "rtplx_rows", "rtplx_docs", "detox_docs"]
+
+
+# --- safety-unit calibration sets (mirror files; see the mirror README) ----------------------------
+
+MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+_UNIT_FILES = {
+    "advbench": ("advbench/harmful_behaviors.jsonl", ("id", "goal")),
+    "safety_refusals": ("safety_refusals/train.jsonl", ("id", "prompt", "response")),
+    "alpaca_seed_tasks": ("alpaca_seed_tasks/seed_tasks.jsonl", ("id", "instruction", "input", "output")),
+}
+
+
+def _unit_rows(relpath: str, columns: tuple[str, ...], data_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise DataError(
+            f"{relpath} is read from a local copy only: set ${DATA_DIR_ENV} (or metadata {DATA_DIR_KEY}) to the "
+            "folder that holds it, e.g. shared/data."
+        )
+    path = root / relpath
+    if not path.is_file():
+        raise DataError(f"{path} is missing; the mirror root {root} must hold {relpath}.")
+    rows = []
+    with jsonlines.open(path) as reader:
+        for lineno, row in enumerate(reader, start=1):
+            missing = [c for c in columns if not isinstance(row, dict) or c not in row]
+            if missing:
+                raise DataError(f"{path}:{lineno}: columns {missing} are missing (expected {list(columns)}).")
+            rows.append({c: row[c] for c in columns})
+    if not rows:
+        raise DataError(f"{path} holds no rows.")
+    return rows
+
+
+def advbench_rows(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The 520 AdvBench requests (``id``, ``goal``); rows 0-99 measure refusal, never calibrate."""
+    return _unit_rows(*_UNIT_FILES["advbench"], data_dir)
+
+
+def safety_refusal_rows(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """AdvBench requests (rows 100-519) with refusals: ``id``, ``prompt``, ``response``."""
+    return _unit_rows(*_UNIT_FILES["safety_refusals"], data_dir)
+
+
+def alpaca_seed_rows(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The 175 Alpaca seed tasks: ``id``, ``instruction``, ``input`` (may be empty), ``output``."""
+    return _unit_rows(*_UNIT_FILES["alpaca_seed_tasks"], data_dir)
+
+
+def multijail_rows(language: str, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The 315 MultiJail requests in one language: ``id``, ``text``."""
+    if language not in MULTIJAIL_LANGUAGES:
+        raise DataError(f"MultiJail has no language {language!r}; it has {', '.join(MULTIJAIL_LANGUAGES)}.")
+    return _unit_rows(f"multijail/{language}.jsonl", ("id", "text"), data_dir)
+
+
+__all__ += ["MULTIJAIL_LANGUAGES", "advbench_rows", "safety_refusal_rows", "alpaca_seed_rows", "multijail_rows"]

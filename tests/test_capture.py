@@ -129,3 +129,32 @@ def test_pad_batch_matches_a_row_by_row_reference(side):
         assert (ids[row][mask[row] == 0] == 0).all()
     with pytest.raises(CaptureError, match="no tokens"):
         pad_batch([[1, 2], []], 0, side)
+
+
+def test_encoder_only_model_is_refused_with_the_architectures_that_work():
+    from transformers import BertConfig, BertLMHeadModel
+
+    bert = BertLMHeadModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, is_decoder=True)).eval()
+    ids, mask = pad_batch([[1, 2, 3]], 0)
+    for layers in ([-1], [1]):  # the old advice ("request layer 1") must not end in a TypeError
+        with pytest.raises(CaptureError, match=r"BertLMHeadModel.*encoder-only.*Llama, Gemma, Qwen"):
+            capture_pooled(bert, ids, mask, layers)
+
+
+def test_unit_statistics_stop_at_the_last_blocks_site_and_skip_norm_and_head():
+    from safespace_tasks.capture import capture_unit_stats
+
+    torch.manual_seed(0)
+    model = _llama().eval()
+    parts = find_decoder_parts(model)
+    calls = []
+    hooks = [model.lm_head.register_forward_hook(lambda m, a, o: calls.append("head")),
+             parts.final_norm.register_forward_hook(lambda m, a, o: calls.append("norm")),
+             parts.blocks[-1].mlp.down_proj.register_forward_hook(lambda m, a, o: calls.append("last down_proj"))]
+    ids, mask = pad_batch(TEXTS, 0)
+    stats = capture_unit_stats(model, ids, mask, mask.bool())
+    assert calls == [] and len(stats) == len(TEXTS)
+    assert stats[0].sites["mlp"].mean.shape == (3, 64) and stats[0].sites["attn"].mean.shape == (3, 32)
+    for h in hooks:
+        h.remove()

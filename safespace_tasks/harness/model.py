@@ -4,7 +4,8 @@ lm-eval dispatches each request type to the model method of the same name
 (``getattr(lm, request_type)(requests)``). :func:`install` adds ``pooled_hidden_states`` to
 ``HFLM`` (so the stock ``--model hf`` and every subclass of it serve our tasks) only where it is
 absent, gives every other backend a method that fails with a clear message, and registers
-``safespace-hf``, an ``HFLM`` that carries the method itself.
+``safespace-hf``, an ``HFLM`` that carries the method itself. ``unit_statistics`` (per-neuron
+running statistics for the safety-unit tasks) is installed the same way.
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ except ImportError:  # pragma: no cover - depends on the installed lm-eval
     _add_special_kwargs = has_bos_prefix = None
 from tqdm import tqdm
 
-from safespace_tasks.capture import CaptureError, HiddenState, capture_pooled, find_decoder_parts, pad_batch, resolve_layers
+from safespace_tasks.capture import (
+    CaptureError,
+    HiddenState,
+    capture_pooled,
+    capture_unit_stats,
+    find_decoder_parts,
+    module_input_sites,
+    pad_batch,
+    resolve_layers,
+)
+from safespace_tasks.units import UnitStatistics
 from safespace_tasks.state_cache import StateCache, digest
 
 log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "pooled_hidden_states"
+UNIT_REQUEST_TYPE = "unit_statistics"
 TRUNCATION_SIDES = ("left", "right")
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -116,14 +128,20 @@ def _pad_id(lm: HFLM) -> int:
     return 0
 
 
-def _detect_batch_size(lm: HFLM, parts, longest: list[int], opts: dict[str, Any]) -> int:
-    """Largest batch (up to ``max_batch_size``) whose capture of the longest texts fits in memory."""
+def _detect_batch_size(lm: HFLM, parts, longest: list[int], opts: dict[str, Any], probe_fn=None) -> int:
+    """Largest batch (up to ``max_batch_size``) whose capture of the longest texts fits in memory.
+
+    ``probe_fn(ids, mask)`` runs one capture (the pooled-state capture unless given)."""
     from accelerate.utils import find_executable_batch_size
+
+    if probe_fn is None:
+        def probe_fn(ids, mask):
+            capture_pooled(lm.model, ids, mask, opts["layers"], opts["pooling"], parts, lm.mixed_precision_dtype)
 
     @find_executable_batch_size(starting_batch_size=int(lm.max_batch_size))
     def probe(batch_size: int) -> int:
         ids, mask = pad_batch([longest] * batch_size, _pad_id(lm), opts["padding_side"], lm.device)
-        capture_pooled(lm.model, ids, mask, opts["layers"], opts["pooling"], parts, lm.mixed_precision_dtype)
+        probe_fn(ids, mask)
         return batch_size
 
     try:
@@ -230,6 +248,126 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     return results  # type: ignore[return-value]
 
 
+UNIT_TOKENS = ("response", "prompt")
+DEFAULT_UNIT_OPTIONS: dict[str, Any] = {
+    "sites": ("mlp", "attn"),
+    "tokens": "response",  # score the continuation's tokens; "prompt": the context's (no continuation needed)
+    "padding_side": "left",
+}
+
+
+def normalize_unit_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Unit-statistics request options with defaults filled in and checked."""
+    opts = {**DEFAULT_UNIT_OPTIONS, **(options or {})}
+    unknown = set(opts) - set(DEFAULT_UNIT_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown unit_statistics request options {sorted(unknown)}; known: {sorted(DEFAULT_UNIT_OPTIONS)}")
+    sites = opts["sites"]
+    opts["sites"] = (sites,) if isinstance(sites, str) else tuple(str(x) for x in sites)
+    if not opts["sites"] or len(set(opts["sites"])) != len(opts["sites"]):
+        raise ValueError(f"sites must name at least one site, each once; got {list(opts['sites'])}.")
+    if opts["tokens"] not in UNIT_TOKENS:
+        raise ValueError(f"tokens must be one of {UNIT_TOKENS}; got {opts['tokens']!r}.")
+    if opts["padding_side"] not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right'; got {opts['padding_side']!r}.")
+    return opts
+
+
+def _unit_tokens(lm: HFLM, req, context: str, continuation: str, opts: dict[str, Any], max_len: int):
+    """(token ids, first scored position, truncated) of one request.
+
+    ``response``: context and continuation are encoded as lm-eval encodes a loglikelihood pair
+    and only the continuation's tokens are scored; ``prompt``: the context alone, every token
+    scored except a leading BOS (an attention sink whose activations are outliers, not content).
+    Too long: tokens are cut from the left, so the scored end survives.
+    """
+    if opts["tokens"] == "response":
+        if not continuation:
+            raise ValueError(
+                f"{req.task_name} doc {req.doc_id}: the request has no response tokens to score (empty "
+                "continuation); give each doc a response, or request tokens='prompt'."
+            )
+        ctx, cont = lm._encode_pair(context, continuation)
+        if not cont:
+            raise ValueError(f"{req.task_name} doc {req.doc_id}: the response {continuation!r} encodes to no tokens.")
+        toks, start = list(ctx) + list(cont), len(ctx)
+    else:
+        toks = list(lm.tok_encode(context))
+        bos = getattr(lm.tokenizer, "bos_token_id", None)
+        start = 1 if toks and bos is not None and toks[0] == bos and len(toks) > 1 else 0
+        if len(toks) - start <= 0:
+            raise ValueError(f"{req.task_name} doc {req.doc_id}: the prompt has no tokens to score.")
+    truncated = len(toks) > max_len
+    if truncated:
+        cut = len(toks) - max_len
+        toks, start = toks[cut:], max(start - cut, 0)
+    return toks, start, truncated
+
+
+def _select_mask(chunk, mask: torch.Tensor, padding_side: str) -> torch.Tensor:
+    """True at the scored tokens of each row (``chunk`` rows: (index, toks, start, ...))."""
+    width = mask.shape[1]
+    select = torch.zeros_like(mask, dtype=torch.bool)
+    for row, item in enumerate(chunk):
+        toks, start = item[1], item[2]
+        offset = width - len(toks) if padding_side == "left" else 0
+        select[row, offset + start : offset + len(toks)] = True
+    return select
+
+
+def unit_statistics(self: HFLM, requests, disable_tqdm: bool = False) -> list[UnitStatistics]:
+    """Serve ``unit_statistics`` requests: ``args = (context, continuation, options)``.
+
+    Per request, the running statistics (count, mean, M2 in float64) of the inputs of the MLP
+    and attention output projections of every block over the scored tokens: the continuation's
+    (``tokens='response'``, default) or the context's (``'prompt'``). Batched like the hidden-state
+    request (lm-eval ``Collator``, longest first, int or ``auto`` batch size); the decoder stack
+    only, stopped after the last block's site. Merge the returned statistics with
+    :func:`safespace_tasks.units.merge_all`: the result does not depend on batching or on how
+    requests are split across processes.
+    """
+    if not requests:
+        return []
+    if getattr(self, "backend", "causal") != "causal":
+        raise CaptureError(f"unit_statistics needs a decoder-only model; {type(self.model).__name__} is {self.backend}.")
+    try:
+        parts = find_decoder_parts(self.model)
+    except CaptureError as err:
+        raise CaptureError(f"{err} Model: {type(self.model).__name__}.") from err
+    check_response_cache(self)
+    max_len = int(self.max_length)
+    todo = []
+    for index, req in enumerate(requests):
+        context, continuation, options = req.args
+        opts = normalize_unit_options(options)
+        module_input_sites(parts, opts["sites"], type(self.model).__name__)  # fail before any forward pass
+        toks, start, truncated = _unit_tokens(self, req, context, continuation, opts, max_len)
+        todo.append((index, toks, start, truncated, opts))
+    results: list[UnitStatistics | None] = [None] * len(requests)
+    pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running unit_statistics requests")
+    collator = Collator(todo, sort_fn=lambda x: (-len(x[1]), x[0]), group_fn=lambda x: x[4], group_by="gen_kwargs")
+    batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
+    for group_items in _groups(collator):
+        opts = group_items[0][4]
+
+        def run(chunk, ids, mask):
+            select = _select_mask(chunk, mask, opts["padding_side"])
+            return capture_unit_stats(self.model, ids, mask, select, opts["sites"], parts, self.mixed_precision_dtype)
+
+        size = batch_size or _detect_batch_size(
+            self, parts, group_items[0][1], opts, probe_fn=lambda ids, mask: run([group_items[0]] * ids.shape[0], ids, mask)
+        )
+        for begin in range(0, len(group_items), size):
+            chunk = group_items[begin : begin + size]
+            ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
+            for item, stats in zip(chunk, run(chunk, ids, mask)):
+                stats.truncated = int(item[3])
+                results[item[0]] = stats
+            pbar.update(len(chunk))
+    pbar.close()
+    return results  # type: ignore[return-value]
+
+
 def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, exactly as ``lm.tok_encode(text)`` returns them.
 
@@ -268,6 +406,13 @@ def _groups(collator: Collator):
         yield list(group)
 
 
+def _unsupported_units(self: LM, requests, *args, **kwargs):
+    raise NotImplementedError(
+        f"the model backend {type(self).__name__} does not expose per-neuron activations, which the safespace "
+        "unit tasks need. Run them with --model hf (or safespace-hf)."
+    )
+
+
 def _unsupported(self: LM, requests, *args, **kwargs):
     raise NotImplementedError(
         f"the model backend {type(self).__name__} does not expose hidden states, which the safespace "
@@ -288,6 +433,7 @@ class SafespaceHFLM(HFLM):
     """
 
     pooled_hidden_states = pooled_hidden_states
+    unit_statistics = unit_statistics
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -307,3 +453,7 @@ def install() -> None:
         setattr(LM, REQUEST_TYPE, _unsupported)
     if getattr(HFLM, REQUEST_TYPE, None) in (None, _unsupported):
         setattr(HFLM, REQUEST_TYPE, pooled_hidden_states)
+    if not hasattr(LM, UNIT_REQUEST_TYPE):
+        setattr(LM, UNIT_REQUEST_TYPE, _unsupported_units)
+    if getattr(HFLM, UNIT_REQUEST_TYPE, None) in (None, _unsupported_units):
+        setattr(HFLM, UNIT_REQUEST_TYPE, unit_statistics)

@@ -1,0 +1,197 @@
+"""``safespace units``: unit statistics, class masks and pruned checkpoints from the command line.
+
+    safespace units stats --model PATH --out DIR [--n 128] [--batch-size 8]
+        per-unit running statistics of a safety set (AdvBench requests + refusals, response tokens)
+        and a utility set (Alpaca seed tasks, response tokens), both through the chat template:
+        DIR/unit_stats.safetensors
+    safespace units mask --stats DIR/unit_stats.safetensors --out mask.safetensors [--ru --scu --ucu]
+        classes RU/SCU/UCU/CU with their parameter and unit shares (JSON on stdout, beside the mask)
+    safespace units prune --model PATH --mask mask.safetensors --out DIR [--classes SCU] [--compensate]
+        an ordinary model folder with the chosen classes zeroed, loadable by ``--model hf``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["add_arguments", "main", "safety_requests", "utility_requests"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="units_command", required=True)
+    sp = sub.add_parser("stats", help="per-unit statistics of the safety and utility sets")
+    sp.add_argument("--model", required=True, help="a model folder or Hub id (decoder-only)")
+    sp.add_argument("--out", required=True, help="folder to write unit_stats.safetensors into")
+    sp.add_argument("--n", type=int, default=128, help="samples per set (default 128, as the method)")
+    sp.add_argument("--batch-size", default="8", help="an integer or 'auto'")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sample drawn from each set")
+    sp.add_argument("--no-chat-template", action="store_true", help="score raw 'request\\n' + response text")
+    sp.add_argument("--data-dir", default=None, help="the data mirror (default: $SAFESPACE_DATA_DIR)")
+    sp.add_argument("--max-length", type=int, default=None, help="truncate longer texts from the left")
+    sp.add_argument("--dtype", default="float32")
+
+    mp = sub.add_parser("mask", help="classify units from a statistics file and write the mask")
+    mp.add_argument("--stats", required=True, help="unit_stats.safetensors written by `units stats`")
+    mp.add_argument("--out", required=True, help="mask file to write (.safetensors); a .json summary goes beside it")
+    mp.add_argument("--ru", type=float, default=0.10, help="redundant share of unit parameters (default 0.10)")
+    mp.add_argument("--scu", type=float, default=0.01, help="safety-critical share (default 0.01)")
+    mp.add_argument("--ucu", type=float, default=0.10, help="utility-critical share (default 0.10)")
+
+    pp = sub.add_parser("prune", help="write a checkpoint with the chosen classes zeroed")
+    pp.add_argument("--model", required=True, help="the model folder the mask was computed on")
+    pp.add_argument("--mask", required=True)
+    pp.add_argument("--out", required=True, help="folder of the pruned model")
+    pp.add_argument("--classes", default="SCU", help="comma-separated classes to prune (default SCU)")
+    pp.add_argument("--compensate", action="store_true",
+                    help="add the pruned channels' mean input through their outgoing weights as a bias (needs --stats)")
+    pp.add_argument("--stats", default=None, help="statistics file whose pooled means feed --compensate")
+
+
+def _chat(tok, request: str, use_template: bool) -> str:
+    if use_template and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
+    return request + "\n"
+
+
+def _sample(rows: list, n: int, seed: int) -> list:
+    import numpy as np
+
+    if n > len(rows):
+        raise SystemExit(f"safespace units: asked for {n} samples of a set of {len(rows)}; lower --n.")
+    order = np.random.default_rng(seed).permutation(len(rows))[:n]
+    return [rows[i] for i in sorted(order)]
+
+
+def safety_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None) -> list[tuple[str, str]]:
+    """(context, response) pairs of the safety set: AdvBench requests with refusals."""
+    from safespace_tasks.data import safety_refusal_rows
+
+    return [(_chat(tok, r["prompt"], chat), " " + r["response"].strip() if not chat else r["response"].strip())
+            for r in _sample(safety_refusal_rows(data_dir), n, seed)]
+
+
+def utility_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None) -> list[tuple[str, str]]:
+    """(context, response) pairs of the utility set: Alpaca seed tasks (instruction, input, output)."""
+    from safespace_tasks.data import alpaca_seed_rows
+
+    out = []
+    for r in _sample(alpaca_seed_rows(data_dir), n, seed):
+        request = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
+        out.append((_chat(tok, request, chat), " " + r["output"].strip() if not chat else r["output"].strip()))
+    return out
+
+
+def _instances(pairs, tag: str):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type="unit_statistics", doc={}, arguments=(c, r, {}), idx=0, metadata=(tag, i, 1))
+            for i, (c, r) in enumerate(pairs)]
+
+
+def stats_main(args) -> int:
+    import numpy as np
+    from lm_eval.models.huggingface import HFLM
+
+    import safespace_tasks.harness  # noqa: F401 - installs the request type
+    from safespace_tasks.capture import unit_layout
+    from safespace_tasks.unit_masks import save_unit_stats, weights_fingerprint
+    from safespace_tasks.units import merge_all
+
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"pretrained": args.model, "device": "cpu", "dtype": args.dtype, "batch_size": args.batch_size}
+    if args.max_length:
+        kwargs["max_length"] = args.max_length
+    lm = HFLM(**kwargs)
+    chat = not args.no_chat_template
+    sets = {"safety": safety_requests(lm.tokenizer, args.n, args.seed, chat, args.data_dir),
+            "utility": utility_requests(lm.tokenizer, args.n, args.seed, chat, args.data_dir)}
+    merged, halves = {}, {}
+    for name, pairs in sets.items():
+        per_doc = lm.unit_statistics(_instances(pairs, name))
+        merged[name] = merge_all(per_doc)
+        order = np.random.default_rng(args.seed + 1).permutation(len(per_doc))
+        for h, part in enumerate((order[: len(order) // 2], order[len(order) // 2:])):
+            halves[f"{name}_half{h}"] = merge_all([per_doc[i] for i in part])
+    layout = unit_layout(lm.model)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "model": args.model, "model_fingerprint": weights_fingerprint(lm.model), "chat_template": chat,
+        "data": {"safety": f"safety_refusals/train.jsonl, {args.n} rows (seed {args.seed}), response tokens",
+                 "utility": f"alpaca_seed_tasks/seed_tasks.jsonl, {args.n} rows (seed {args.seed}), response tokens"},
+        "seconds": round(seconds, 1),
+    }
+    path = save_unit_stats(Path(args.out) / "unit_stats.safetensors", {**merged, **halves}, layout, meta)
+    print(json.dumps({"stats": str(path), "seconds": round(seconds, 1),
+                      "scored_tokens": {k: v.count for k, v in merged.items()}}, indent=2))
+    return 0
+
+
+def mask_main(args) -> int:
+    from safespace_tasks.unit_masks import UnitMask, load_unit_stats, save_mask
+    from safespace_tasks.units import ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids, classify, unit_scores
+
+    sets, layout, info = load_unit_stats(args.stats)
+    settings = ClassSettings(ru=args.ru, scu=args.scu, ucu=args.ucu)
+    res = analyse(sets["safety"], sets["utility"], layout, settings)
+    summary = {k: v for k, v in res.items() if k != "arrays"}
+    if "safety_half0" in sets:
+        z_u = unit_scores(sets["utility"], layout)
+        params = layout.unit_params()
+        halves = [scu_ids(classify(unit_scores(sets[f"safety_half{h}"], layout), z_u, params, settings)) for h in (0, 1)]
+        summary["split_half_scu"] = {"jaccard": jaccard(*halves), "sizes": [len(h) for h in halves],
+                                     "expected_random": expected_random_jaccard(layout.n_units, len(halves[0]), len(halves[1]))}
+    meta = {"model_fingerprint": info.get("model_fingerprint"), "model": info.get("model"), "data": info.get("data"),
+            "shares": {"ru": args.ru, "scu": args.scu, "ucu": args.ucu}, "settings": res["settings"],
+            "chat_template": info.get("chat_template"), "stats_file": str(args.stats)}
+    mask = UnitMask.from_labels(res["arrays"]["labels"], layout, meta)
+    out = save_mask(mask, args.out)
+    summary["mask"] = str(out)
+    summary["counts_per_class"] = mask.counts()
+    Path(out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("mask", "shares", "per_type", "counts", "split_half_scu") if k in summary}, indent=2))
+    return 0
+
+
+def prune_main(args) -> int:
+    from safespace_tasks.unit_masks import load_unit_stats, write_pruned_checkpoint
+    from safespace_tasks.units import CLASSES
+
+    classes = tuple(c.strip().upper() for c in args.classes.split(",") if c.strip())
+    bad = [c for c in classes if c not in CLASSES]
+    if bad or not classes:
+        raise SystemExit(f"safespace units prune: unknown classes {bad or args.classes!r}; choose from {', '.join(CLASSES)}.")
+    means = None
+    if args.compensate:
+        if not args.stats:
+            raise SystemExit("safespace units prune: --compensate needs --stats (the file whose mean inputs it adds back).")
+        sets, _, _ = load_unit_stats(args.stats)
+        pooled = sets["safety"].merge(sets["utility"])
+        means = {site: pooled.sites[site].mean for site in ("mlp", "attn")}
+    info = write_pruned_checkpoint(args.model, args.mask, args.out, classes, means)
+    print(json.dumps({"out": str(args.out), "pruned": info["pruned"], "compensated": info["compensated"]}, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="safespace units", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    from safespace_tasks.capture import CaptureError
+    from safespace_tasks.data import DataError
+    from safespace_tasks.unit_masks import MaskError
+    from safespace_tasks.units import UnitsError
+
+    try:
+        return {"stats": stats_main, "mask": mask_main, "prune": prune_main}[args.units_command](args)
+    except (MaskError, UnitsError, CaptureError, DataError) as err:
+        print(f"safespace units {args.units_command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
