@@ -125,6 +125,19 @@ def test_batch_size_padding_side_and_repeat_runs_do_not_change_the_numbers(lm, m
             assert again["results"][task][f"{m},none"] == seven["results"][task][f"{m},none"]
 
 
+def test_a_language_alone_and_beside_others_gives_identical_values_and_stderr(lm, mirror):
+    """Batches never mix tasks, so a language's states, values and bootstrap do not depend on the run."""
+    lm.batch_size_per_gpu = 8
+    alone = _evaluate(lm, mirror, tasks=("safespace-toxicity-en",), bootstrap_iters=40)
+    beside = _evaluate(lm, mirror, tasks=("safespace-toxicity-en", "safespace-toxicity-de", "safespace-toxicity-zh"),
+                       bootstrap_iters=40)
+    a, b = alone["results"]["safespace-toxicity-en"], beside["results"]["safespace-toxicity-en"]
+    for m in SEPARATION:
+        assert a[f"{m},none"] == b[f"{m},none"], m
+        assert a[f"{m}_stderr,none"] == b[f"{m}_stderr,none"], m
+    assert a["bhattacharyya_stderr,none"] > 0
+
+
 def test_document_order_does_not_change_the_numbers(lm, mirror, tmp_path):
     lm.batch_size_per_gpu = 8
     rows = (mirror / "multilingual_toxicity_dataset" / "en.jsonl").read_text(encoding="utf-8").splitlines()

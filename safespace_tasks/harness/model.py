@@ -222,14 +222,29 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running pooled_hidden_states requests")
     pbar.update(len(requests) - len(todo))
     if todo:
-        collator = Collator(todo, sort_fn=lambda x: (-len(x[1]), x[0]), group_fn=lambda x: x[2], group_by="gen_kwargs")
+        # Batches never mix tasks: a text's state (float rounding depends on the batch's padded shape)
+        # is then the same whichever other tasks run beside its task, and so are its task's metrics.
+        collator = Collator(
+            todo,
+            sort_fn=lambda x: (-len(x[1]), x[0]),
+            group_fn=lambda x: {**x[2], "_task": requests[x[0]].task_name},
+            group_by="gen_kwargs",
+        )
         batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
-        # Collator yields each options group longest-first; an auto batch size is found per group
-        # from its first (longest) texts and reused for the rest, which are shorter.
+        # Collator yields each group longest-first; an auto batch size is found from a group's first
+        # (longest) texts and reused for every later group with the same options whose texts are no longer.
+        found: dict[str, tuple[int, int]] = {}
         for group_items in _groups(collator):
             opts = group_items[0][2]
             layers = resolve_layers(opts["layers"], parts.n_layers)
-            size = batch_size or _detect_batch_size(self, parts, group_items[0][1], opts)
+            size = batch_size
+            if size is None:
+                key, longest = repr(sorted(opts.items())), len(group_items[0][1])
+                if key in found and found[key][1] >= longest:
+                    size = found[key][0]
+                else:
+                    size = _detect_batch_size(self, parts, group_items[0][1], opts)
+                    found[key] = (size, longest)
             for start in range(0, len(group_items), size):
                 chunk = group_items[start : start + size]
                 ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
