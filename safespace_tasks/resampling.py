@@ -210,7 +210,9 @@ def summarise(
     stderr = float(np.std(r, ddof=1)) * scale
     alpha = (1.0 - ci_level) / 2.0
     q_lo, q_hi = np.quantile(r, [alpha, 1.0 - alpha])
-    if method == "percentile":
+    if method == "percentile" and scale == 1.0:
+        lo, hi = float(q_lo), float(q_hi)
+    elif method == "percentile":
         lo = point - scale * (point - q_lo)
         hi = point + scale * (q_hi - point)
     else:
