@@ -421,9 +421,10 @@ def _pairwise_rows(Z: np.ndarray, rows: slice, sq: np.ndarray) -> np.ndarray:
 def _weighted_silhouette(Z: np.ndarray, y: np.ndarray, W: np.ndarray, *, chunk_rows: int = 2048) -> np.ndarray:
     """Silhouette score for each column of the replicate weights ``W`` (n x B counts).
 
-    A weight w_i is the number of copies of text i in a bootstrap resample; copies sit at
-    distance 0 from each other, so a(i) = sum_{j in c} w_j d_ij / (W_c - 1) and
-    b(i) = sum_{j not in c} w_j d_ij / W_other, exactly as the silhouette of the resample.
+    A weight w_i is the number of copies of text i in a bootstrap resample. The copies of text i
+    are not counted as its own neighbours: a(i) = sum_{j in c, j != i} w_j d_ij / (W_c - w_i) and
+    b(i) = sum_{j not in c} w_j d_ij / W_other, each text weighted by w_i (copies at distance 0
+    would shrink a(i) and bias every replicate upward; with all weights 1 this is the silhouette).
     Rows are put in class order first, so each class is one contiguous block of the distance
     matrix and the weighted sums are two matrix products on views (no copies): O(n^2 (k + B)).
     """
@@ -450,6 +451,10 @@ def _weighted_silhouette(Z: np.ndarray, y: np.ndarray, W: np.ndarray, *, chunk_r
     wc = np.stack([W[:n0].sum(axis=0), W[n0:].sum(axis=0)])  # 2 x B
     w_own = wc[y]  # n x B
     w_other = wc[1 - y]
+    # a text's own copies are not its neighbours: a resample that draws text i three times holds
+    # one text, not three at distance 0 (counting them would shrink a(i) and bias the replicate
+    # upward). With weight 1 (no copies) this is the ordinary silhouette.
+    w_own = w_own - np.maximum(W, 1.0) + 1.0
     with np.errstate(invalid="ignore", divide="ignore"):
         a = own / (w_own - 1.0)
         b = other / w_other
