@@ -117,7 +117,10 @@ def truth_probe(p: dict[str, np.ndarray], n_per_class: int, *, folds: int = 5, r
     return float(np.mean(vals))
 
 
-def run_study(sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits: int, signal: float = 1.0) -> dict[str, Any]:
+def run_study(
+    sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits: int, signal: float = 1.0,
+    metrics: tuple[str, ...] = METRICS,
+) -> dict[str, Any]:
     from safespace_tasks.metrics import separation_metrics
 
     params = inspect.signature(separation_metrics).parameters
@@ -129,19 +132,22 @@ def run_study(sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits:
     p = planted(signal)
     truth = truth_closed_form(p)
     truth["silhouette"] = truth_silhouette(p)
+    probe = "probe_auroc" in metrics
+    if not probe:
+        extra["probe"] = False
     out: dict[str, Any] = {"truth_fixed": dict(truth), "sizes": {}}
     for n_pc in sizes:
-        t_n = dict(truth, probe_auroc=truth_probe(p, n_pc))
+        t_n = dict(truth, probe_auroc=truth_probe(p, n_pc) if probe else float("nan"))
         rng = np.random.default_rng(seed + n_pc)
-        vals = {m: [] for m in METRICS}
-        ses = {m: [] for m in METRICS}
-        cover = {m: [] for m in METRICS}
-        nonfinite = {m: 0 for m in METRICS}
+        vals = {m: [] for m in metrics}
+        ses = {m: [] for m in metrics}
+        cover = {m: [] for m in metrics}
+        nonfinite = {m: 0 for m in metrics}
         start = time.perf_counter()
         for r in range(reps):
             X, y = sample(p, n_pc, rng)
             res = separation_metrics(X, y, k=K, n_boot=n_boot, seed=seed + r, **extra)
-            for m in METRICS:
+            for m in metrics:
                 v, se, (lo, hi) = res.values[m], res.stderr.get(m, np.nan), res.ci.get(m, (np.nan, np.nan))
                 vals[m].append(v)
                 ses[m].append(se)
@@ -149,7 +155,7 @@ def run_study(sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits:
                 nonfinite[m] += int(not ok)
                 cover[m].append(bool(ok and lo <= t_n[m] <= hi))
         rows = {}
-        for m in METRICS:
+        for m in metrics:
             v = np.array(vals[m], dtype=float)
             s = np.array(ses[m], dtype=float)
             sd = float(np.nanstd(v, ddof=1))
@@ -167,8 +173,7 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| code | texts/class | metric | truth | coverage | stderr / true sd | bias |", "|---|---|---|---|---|---|---|"]
     for code, res in results.items():
         for n_pc, block in res["sizes"].items():
-            for m in METRICS:
-                r = block["metrics"][m]
+            for m, r in block["metrics"].items():
                 lines.append(f"| {code} | {n_pc} | {m} | {r['truth']:.4f} | {r['coverage']:.3f} | "
                              f"{r['stderr_ratio']:.2f} | {r['bias']:+.4f} |")
     return "\n".join(lines)
@@ -184,19 +189,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--signal", type=float, default=1.0,
                     help="scale of the mean shift (1: Bhattacharyya 0.042, the weak regime of the issue; 3: 0.24)")
     ap.add_argument("--compare-old", default=None, help="path of a checkout with the old package (runs it too)")
+    ap.add_argument("--metrics", default=",".join(METRICS), help="metrics to study (without probe_auroc: no probe fit)")
     ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    metrics = tuple(m for m in a.metrics.split(",") if m)
     if a.json_only:
-        res = run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal)
+        res = run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)
         print(json.dumps(res))
         return res
-    results = {"new": run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal)}
+    results = {"new": run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)}
     if a.compare_old:
         env = dict(os.environ, PYTHONPATH=a.compare_old)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--json-only", "--sizes", a.sizes, "--reps", str(a.reps),
-               "--n-boot", str(a.n_boot), "--seed", str(a.seed), "--signal", str(a.signal)]
+               "--n-boot", str(a.n_boot), "--seed", str(a.seed), "--signal", str(a.signal), "--metrics", a.metrics]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results["old"] = json.loads(proc.stdout.strip().splitlines()[-1])
     record = {"benchmark": "calibration", "command": "python benchmarks/bench_calibration.py " + " ".join(argv or sys.argv[1:]),
