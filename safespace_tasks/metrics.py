@@ -899,7 +899,7 @@ SILHOUETTE_MAX_N = 10_000
 
 # Defaults of the null floor and of the probe's refitted standard error.
 N_PERMUTATIONS = 100
-PROBE_REFITS = 5
+PROBE_REFITS = 0
 PROBE_PERMUTATIONS = 0
 
 
@@ -932,10 +932,13 @@ def separation_metrics(
     - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.resampling`), clipped to
       each metric's range. Degenerate replicates (NaN, inf, singular, beyond a sane bound) are
       counted in ``spread``; above 5 % of them the spread is NaN with the reason.
-    - The probe's standard error includes refitting: ``probe_refits`` of the bootstrap
+    - The probe's standard error can include refitting: ``probe_refits`` of the bootstrap
       replicates refit the probe (warm-started, same folds); the spread of the fixed-score
-      replicates is scaled by sd(refitted) / sd(fixed) on those replicates. 0 or 1 keeps the
-      fixed-score spread (which understates it).
+      replicates is then scaled by sd(refitted) / sd(fixed) on those replicates. The default
+      (:data:`PROBE_REFITS` = 0) keeps the fixed-score spread: in the calibration study
+      (docs/statistics.md) it gave stderr / true sd of 0.82 - 1.20, the refit-scaled one 1.06 -
+      1.48 (a resample repeats texts, so a refit on it varies more than a fit on fresh texts), at
+      five refits the cost of the whole stage more than doubles.
     - The probe's null needs a refit per permutation: ``probe_permutations`` (default 0: its
       null and p-value are NaN, and ``n_permutations["probe_auroc"]`` is 0).
     - Degenerate data: texts that collapse to too few distinct states for a metric make that

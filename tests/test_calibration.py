@@ -56,7 +56,7 @@ def test_probe_interval_covers_the_auroc_of_a_probe_trained_at_that_size():
     hits = []
     for r in range(20):
         X, y = BC.sample(p, 100, rng)
-        res = M.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, probe_refits=6, seed=r)
+        res = M.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, seed=r)
         lo, hi = res.ci["probe_auroc"]
         hits.append(lo <= truth <= hi)
     assert np.mean(hits) >= 0.8
