@@ -931,7 +931,7 @@ def separation_metrics(
       :func:`combine_groups`): the probe's folds, the bootstrap and the permutations keep a group whole.
     - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.resampling`), clipped to
       each metric's range. Degenerate replicates (NaN, inf, singular, beyond a sane bound) are
-      counted in ``spread``; above 5 % of them the spread is NaN with the reason.
+      counted in ``spread``; above 25 % of them the spread is NaN with the reason.
     - The probe's standard error can include refitting: ``probe_refits`` of the bootstrap
       replicates refit the probe (warm-started, same folds); the spread of the fixed-score
       replicates is then scaled by sd(refitted) / sd(fixed) on those replicates. The default

@@ -165,8 +165,9 @@ class Spread:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-# Above this share of degenerate replicates the spread is not reported (NaN, with the reason).
-MAX_DEGENERATE_SHARE = 0.05
+# Above this share of degenerate replicates the spread is not reported (NaN, with the reason);
+# below it the spread of the usable replicates is reported together with their count.
+MAX_DEGENERATE_SHARE = 0.25
 
 
 def summarise(

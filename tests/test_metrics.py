@@ -401,8 +401,10 @@ def test_basic_interval_is_the_reflected_percentile_interval_clipped_and_counts_
     q_lo, q_hi = np.quantile(np.linspace(0.2, 0.4, 100), [0.05, 0.95])
     assert sp.ci == pytest.approx((max(0.0, 0.3 - q_hi), 0.3 - q_lo))
     assert sp.clipped and sp.n_degenerate == 2 and sp.reason is None
-    bad = summarise(np.r_[np.ones(90), np.full(10, np.inf)], 1.0, 0.95)
-    assert np.isnan(bad.stderr) and "10 of 100" in bad.reason
+    bad = summarise(np.r_[np.ones(70), np.full(30, np.inf)], 1.0, 0.95)
+    assert np.isnan(bad.stderr) and "30 of 100" in bad.reason
+    few = summarise(np.r_[np.linspace(0, 1, 90), np.full(10, np.inf)], 0.5, 0.95)
+    assert np.isfinite(few.stderr) and few.n_degenerate == 10  # reported with its count
 
 
 def test_duplicate_texts_as_groups_remove_the_probe_auroc_inflation():
