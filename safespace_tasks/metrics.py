@@ -11,10 +11,13 @@ k = 10); the between-class variance ratio, the Bhattacharyya distance and the si
 are computed on those k coordinates, and a cross-validated linear probe is scored on the full
 states.
 
-Confidence intervals come from a stratified bootstrap over texts (class sizes held fixed). The
-PCA basis is fitted once on all texts and held fixed across replicates, so the interval measures
-the sampling spread of the metric given the basis; refitting PCA per replicate would cost
-``n_boot`` SVDs of the full states for a change that is negligible when n >> k.
+PCA is exact and seed-free (:func:`pca_basis`). Standard errors and intervals come from a
+stratified bootstrap over texts (class sizes held fixed; whole groups with ``groups``): the basic
+bootstrap interval, clipped to each metric's range, with degenerate replicates counted
+(:mod:`safespace_tasks.resampling`). The null floor ``<metric>_null`` and the permutation p-value
+come from label permutations. The PCA basis is fitted once on all texts and held fixed across
+replicates and permutations (it does not see the labels), so the interval measures the sampling
+spread of the metric given the basis. See docs/statistics.md for how to read them.
 """
 
 from __future__ import annotations
