@@ -8,6 +8,15 @@ gives each stage's growth exponent (time ~ n^a, ~ d^b, fitted on the log-log poi
 
     python benchmarks/bench_metrics.py --out metrics.json
     python benchmarks/bench_metrics.py --n 2000 --d 256 --sweep-n 500,1000 --sweep-d 64,128 --n-boot 50 --out ci.json
+
+``--protocol`` measures instead the metrics stage of the paper's full protocol -- 9 languages x
+5,000 texts x 4,096 dims (``separation_metrics`` per language) plus 9 x 800 pair states
+(``separation_metrics`` with pair groups and ``paired_shift``) -- and, with ``--compare-old
+PATH``, the same stage of the package at PATH (the code before a change, in a subprocess), side
+by side, with the time of each part (PCA, permutations, bootstrap, probe, probe refits):
+
+    python benchmarks/bench_metrics.py --protocol --compare-old /work/main --threads 1 --out protocol.json
+    python benchmarks/bench_metrics.py --protocol --languages 3 --n 2000 --d 1024 --pair-n 400 ...  (scaled)
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (adds the checkout to sys.path)
+import os  # noqa: E402
+
+if os.environ.get("SAFESPACE_BENCH_CHECKOUT"):  # --compare-old: import the other checkout's package
+    sys.path.insert(0, os.environ["SAFESPACE_BENCH_CHECKOUT"])
 
 import numpy as np  # noqa: E402
 
@@ -65,6 +78,95 @@ def run_once(n: int, d: int, *, n_boot: int, seed: int) -> dict[str, Any]:
     }
 
 
+PROTOCOL_PARTS = {
+    "pca": ("pca",),
+    "permutations": ("permutations", "permutations_silhouette", "probe_permutations"),
+    "bootstrap": ("bootstrap", "bootstrap_silhouette"),
+    "probe": ("probe",),
+    "probe_refit": ("probe_refit",),
+    "other": ("validate", "distinct_states", "bcv_bhattacharyya", "silhouette"),
+}
+
+
+def run_protocol(languages: int, n: int, d: int, pair_n: int, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Metrics stage of the full protocol on synthetic states: per language one toxicity set
+    (n x d) and one pair set (pair_n texts = pair_n / 2 pairs, grouped), as the harness runs them."""
+    import inspect
+
+    from safespace_tasks.metrics import paired_shift, separation_metrics
+
+    parts = {p: 0.0 for p in PROTOCOL_PARTS}
+    total = 0.0
+    per_language = []
+    for lang in range(languages):
+        X, y = synthetic_states(n, d, seed + lang)
+        with C.Stopwatch() as sw:
+            res = separation_metrics(X, y, k=10, n_boot=n_boot, seed=seed)
+        stages = res.diagnostics.get("seconds", {})
+        del X
+        Xp, _ = synthetic_states(pair_n, d, seed + 100 + lang)
+        yp = np.tile([1, 0], pair_n // 2)
+        gp = np.repeat(np.arange(pair_n // 2), 2)
+        with C.Stopwatch() as swp:
+            resp = separation_metrics(Xp, yp, k=10, n_boot=n_boot, seed=seed, groups=gp)
+            paired_shift(Xp, yp, gp, n_boot=n_boot, seed=seed)
+        for st, sec in resp.diagnostics.get("seconds", {}).items():
+            stages[st] = stages.get(st, 0.0) + sec
+        for part, names in PROTOCOL_PARTS.items():
+            parts[part] += sum(stages.get(nm, 0.0) for nm in names)
+        total += sw.wall + swp.wall
+        per_language.append({"toxicity_s": round(sw.wall, 3), "pairs_s": round(swp.wall, 3)})
+        print(f"  language {lang + 1}/{languages}: {sw.wall:.2f} s + pairs {swp.wall:.2f} s", file=sys.stderr, flush=True)
+    params = list(inspect.signature(separation_metrics).parameters)
+    return {"languages": languages, "n": n, "d": d, "pair_n": pair_n, "n_boot": n_boot, "seconds": round(total, 3),
+            "parts": {k: round(v, 3) for k, v in parts.items()}, "per_language": per_language,
+            "separation_metrics_parameters": params}
+
+
+def protocol_main(args: argparse.Namespace) -> dict[str, Any]:
+    import json
+    import os
+    import subprocess
+
+    from threadpoolctl import threadpool_limits
+
+    import scipy.optimize  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+
+    limit = threadpool_limits(args.threads) if args.threads else None
+    new = run_protocol(args.languages, args.n, args.d, args.pair_n, n_boot=args.n_boot, seed=args.seed)
+    if limit is not None:
+        limit.restore_original_limits()
+    if args.protocol_json_only:
+        print(json.dumps(new))
+        return new
+    record: dict[str, Any] = {"benchmark": "metrics_protocol", **C.machine_record(),
+                              "versions": C.versions("numpy", "scipy", "sklearn"),
+                              "command": "python benchmarks/bench_metrics.py " + " ".join(sys.argv[1:]),
+                              "full_protocol_shape": (args.languages, args.n, args.d, args.pair_n) == (9, 5000, 4096, 800),
+                              "new": new}
+    if args.compare_old:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--protocol", "--protocol-json-only",
+               "--languages", str(args.languages), "--n", str(args.n), "--d", str(args.d), "--pair-n", str(args.pair_n),
+               "--n-boot", str(args.n_boot), "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
+        env = dict(os.environ, PYTHONPATH=args.compare_old, SAFESPACE_BENCH_CHECKOUT=args.compare_old)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        record["old"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        record["ratio_new_over_old"] = round(new["seconds"] / record["old"]["seconds"], 3)
+    C.write_json(args.out, record)
+    print(f"{'part':<14} {'new (s)':>9} {'old (s)':>9}")
+    for part in PROTOCOL_PARTS:
+        old = record.get("old", {}).get("parts", {}).get(part)
+        old_s = "" if old is None else f"{old:9.2f}"
+        print(f"{part:<14} {new['parts'][part]:>9.2f} {old_s}")
+    old_total = "" if "old" not in record else f"{record['old']['seconds']:9.2f}"
+    print(f"{'total':<14} {new['seconds']:>9.2f} {old_total}")
+    if "ratio_new_over_old" in record:
+        print(f"new / old: {record['ratio_new_over_old']:.2f}x (aim <= 1.5x)")
+    print(f"wrote {args.out}")
+    return record
+
+
 def growth_exponent(points: list[dict[str, Any]], var: str, key: str) -> float | None:
     """Slope of log(time) on log(var): time ~ var^slope."""
     xs, ts = [], []
@@ -96,7 +198,16 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_metrics.json")
+    p.add_argument("--protocol", action="store_true", help="measure the full protocol's metrics stage instead")
+    p.add_argument("--languages", type=int, default=9)
+    p.add_argument("--pair-n", type=int, default=800, help="pair states per language (--protocol)")
+    p.add_argument("--compare-old", default=None, help="checkout with the old package, measured side by side")
+    p.add_argument("--protocol-json-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.protocol:
+        if args.n == TARGET_SHAPE[0]:
+            args.n = 5000
+        return protocol_main(args)
 
     from threadpoolctl import threadpool_info, threadpool_limits
 

@@ -43,6 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from safespace_tasks import resampling
+
 __all__ = [
     "BehaviourInputError",
     "CorpusResult",
@@ -135,18 +137,10 @@ def bootstrap_weights(n: int, n_boot: int, seed: int, strata: np.ndarray | None 
     """Replicate weights (n x n_boot): how often each item is drawn in each resample.
 
     Items are drawn with replacement within their stratum (all items form one stratum when
-    ``strata`` is None), so every replicate keeps the stratum sizes.
+    ``strata`` is None), so every replicate keeps the stratum sizes. See
+    :func:`safespace_tasks.resampling.bootstrap_weights`.
     """
-    rng = np.random.default_rng(seed)
-    W = np.zeros((n, n_boot))
-    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
-    cols = np.arange(n_boot)[:, None]
-    for members in groups:
-        if members.size == 0:
-            continue
-        draws = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-        np.add.at(W.T, (np.broadcast_to(cols, draws.shape), draws), 1.0)
-    return W
+    return resampling.bootstrap_weights(n, n_boot, seed, strata=strata)
 
 
 def _usable_strata(labels: np.ndarray | None) -> np.ndarray | None:
@@ -161,42 +155,28 @@ def _usable_strata(labels: np.ndarray | None) -> np.ndarray | None:
     return labels if counts.min() >= 2 else None
 
 
-def _weighted_means(values: np.ndarray, W: np.ndarray) -> np.ndarray:
-    tot = W.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (W.T @ values) / tot
+_weighted_means = resampling.weighted_means
 
 
 def _summarise(reps: dict[str, np.ndarray], ci_level: float) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
-    alpha = (1.0 - ci_level) / 2.0
+    """Standard error and percentile interval of each metric's replicates (means of per-item
+    values carry no plug-in bias, so the percentile interval is the right one here). A
+    non-finite replicate is left out; none arises from finite per-item values."""
     stderr: dict[str, float] = {}
     ci: dict[str, tuple[float, float]] = {}
     for name, r in reps.items():
-        r = r[np.isfinite(r)]
-        stderr[name] = float(np.std(r, ddof=1)) if r.size > 1 else float("nan")
-        lo, hi = np.quantile(r, [alpha, 1.0 - alpha]) if r.size else (np.nan, np.nan)
-        ci[name] = (float(lo), float(hi))
+        r = np.asarray(r)
+        finite = r[np.isfinite(r)]
+        point = float(np.median(finite)) if finite.size else float("nan")
+        sp = resampling.summarise(finite, point, ci_level, method="percentile", lower=-np.inf, upper=np.inf)
+        stderr[name], ci[name] = sp.stderr, sp.ci
     return stderr, ci
 
 
 # --------------------------------------------------------------------------- AUROC
 
 
-def _weighted_auroc(scores: np.ndarray, labels: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """AUROC of ``scores`` for ``labels`` under each column of item weights ``W`` (n x B).
-
-    Sum over positives of w_i * (negative weight strictly below s_i + half the negative weight
-    tied with s_i), divided by (positive weight * negative weight).
-    """
-    uniq, inv = np.unique(scores, return_inverse=True)
-    neg = labels == 0
-    pos = ~neg
-    neg_at = np.zeros((uniq.size, W.shape[1]))
-    np.add.at(neg_at, inv[neg], W[neg])
-    below = np.cumsum(neg_at, axis=0) - neg_at
-    credit = W[pos] * (below[inv[pos]] + 0.5 * neg_at[inv[pos]])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return credit.sum(axis=0) / (W[pos].sum(axis=0) * W[neg].sum(axis=0))
+_weighted_auroc = resampling.weighted_auroc  # (scores, labels, W): the one argument order
 
 
 def auroc(scores: Any, labels: Any) -> float:

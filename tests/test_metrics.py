@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from safespace_tasks import metrics as M
+from safespace_tasks.resampling import permuted_labels, summarise, weighted_auroc
 
 
 def closed_form_bhattacharyya(mu0, cov0, mu1, cov1):
@@ -104,6 +105,25 @@ def test_grouped_probe_never_splits_a_group():
     assert res.grouped and res.auroc > 0.6
 
 
+def resample_silhouette_without_self_copies(Z, y, w):
+    """Silhouette of a resample (text i drawn w_i times) in which the copies of a text are not
+    its own neighbours: a(i) over the other texts of its class (with their counts)."""
+    D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
+    num = den = 0.0
+    for i in np.flatnonzero(w > 0):
+        own = (y == y[i]) & (np.arange(len(y)) != i)
+        other = y != y[i]
+        if w[own].sum() == 0:
+            s = 0.0
+        else:
+            a = (w[own] * D[i, own]).sum() / w[own].sum()
+            b = (w[other] * D[i, other]).sum() / w[other].sum()
+            s = (b - a) / max(a, b)
+        num += w[i] * s
+        den += w[i]
+    return num / den
+
+
 def test_weighted_metrics_equal_metrics_of_the_explicit_resample():
     rng = np.random.default_rng(5)
     Z = np.vstack([rng.normal(0, 1, (60, 4)), rng.normal(0.7, 1.2, (40, 4))])
@@ -113,7 +133,9 @@ def test_weighted_metrics_equal_metrics_of_the_explicit_resample():
     for b in range(4):
         idx = np.repeat(np.arange(100), W[:, b].astype(int))
         assert M._weighted_bcv(Z, y, W[:, [b]])[0] == pytest.approx(M.between_class_variance_ratio(Z[idx], y[idx]))
-        assert M._weighted_silhouette(Z, y, W[:, [b]])[0] == pytest.approx(silhouette_score(Z[idx], y[idx]))
+        assert M._weighted_silhouette(Z, y, W[:, [b]])[0] == pytest.approx(
+            resample_silhouette_without_self_copies(Z, y, W[:, b]), rel=1e-10
+        )
         assert M._weighted_bhattacharyya(Z, y, W[:, [b]], 0.0)[0] == pytest.approx(
             M.bhattacharyya_distance(Z[idx], y[idx], ridge=0.0).distance
         )
@@ -175,7 +197,7 @@ def test_weighted_auroc_equals_scikit_learn_with_sample_weights_and_ties():
     scores = np.round(rng.normal(size=300) + 0.7 * y, 1)  # many tied scores
     W = M.stratified_bootstrap_weights(y, 7, seed=3)
     want = [roc_auc_score(y, scores, sample_weight=W[:, b]) for b in range(7)]
-    np.testing.assert_allclose(M._weighted_auroc(y, scores, W), want, rtol=1e-12)
+    np.testing.assert_allclose(weighted_auroc(scores, y, W), want, rtol=1e-12)
 
 
 def test_weighted_silhouette_with_interleaved_labels_and_small_chunks():
@@ -188,7 +210,9 @@ def test_weighted_silhouette_with_interleaved_labels_and_small_chunks():
     for b in range(3):
         idx = np.repeat(np.arange(90), W[:, b].astype(int))
         got = M._weighted_silhouette(Z, y, W[:, [b]], chunk_rows=7)[0]
-        assert got == pytest.approx(silhouette_score(Z[idx], y[idx]), rel=1e-10)
+        assert got == pytest.approx(resample_silhouette_without_self_copies(Z, y, W[:, b]), rel=1e-10)
+    # with every weight 1 it is scikit-learn's silhouette
+    assert M._weighted_silhouette(Z, y, np.ones((90, 1)), chunk_rows=7)[0] == pytest.approx(silhouette_score(Z, y))
     assert M.silhouette(Z, y, chunk_rows=5) == pytest.approx(silhouette_score(Z, y), rel=1e-10)
 
 
@@ -273,3 +297,206 @@ def test_float32_states_are_measured_without_a_float64_copy_and_agree_with_float
     for name in b.values:
         assert a.values[name] == pytest.approx(b.values[name], rel=1e-4)
         assert a.stderr[name] == pytest.approx(b.stderr[name], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- exact PCA, null, intervals, groups
+
+
+def _numpy_svd_metrics(X, y, k):
+    """The three PCA metrics recomputed with plain numpy: float64 centring and a full SVD."""
+    Xc = X.astype(np.float64) - X.astype(np.float64).mean(axis=0)
+    _, _, Vt = np.linalg.svd(Xc, full_matrices=False)
+    Z = Xc @ Vt[:k].T
+    return {
+        "bcv_ratio": M.between_class_variance_ratio(Z, y),
+        "bhattacharyya": M.bhattacharyya_distance(Z, y).distance,
+        "silhouette": silhouette_score(Z, y),
+    }
+
+
+def _states_with_large_offset(n, d, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 2)
+    A = rng.normal(size=(16, d)) * np.linspace(2.0, 0.3, 16)[:, None]
+    X = rng.normal(size=(n, 16)) @ A + rng.normal(size=(n, d)) * 0.5
+    X[:, :3] += 60.0  # massive activations: a large mean that an uncentred float32 path would ruin
+    X[y == 1, 5:8] += 0.6
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("n,d,force_lanczos", [(100, 576, False), (400, 60, False), (500, 300, True)])
+def test_metrics_agree_with_plain_numpy_svd_to_1e_5_and_do_not_depend_on_the_seed(n, d, force_lanczos, monkeypatch):
+    X, y = _states_with_large_offset(n, d, seed=n)
+    if force_lanczos:
+        monkeypatch.setattr(M, "EXACT_PCA_MAX_WORK", 0)
+    want = _numpy_svd_metrics(X, y, 10)
+    runs = [M.separation_metrics(X, y, k=10, n_boot=0, n_permutations=0, probe=False, seed=s) for s in (0, 1234)]
+    for name, value in want.items():
+        assert runs[0].values[name] == pytest.approx(value, rel=1e-5), name
+        assert runs[0].values[name] == runs[1].values[name]  # bit-identical for any seed
+    assert runs[0].diagnostics["pca_method"].startswith("Lanczos" if force_lanczos else "exact")
+    Z0, _ = M.pca_project(X, 10, random_state=0)
+    Z1, _ = M.pca_project(X, 10, random_state=99)
+    assert np.array_equal(Z0, Z1)
+
+
+def test_null_floor_equals_the_metrics_of_explicitly_permuted_labels():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 12))
+    y = np.r_[np.zeros(40, int), np.ones(40, int)]
+    X[y == 1, 0] += 1.0
+    res = M.separation_metrics(X, y, k=5, n_boot=0, n_permutations=30, probe=False, seed=7)
+    Z, _ = M.pca_project(X, 5)
+    Y = permuted_labels(y, 30, seed=7 + 4)
+    assert all(np.bincount(Y[:, j]).tolist() == [40, 40] for j in range(30))
+    for name, fn in (
+        ("bcv_ratio", M.between_class_variance_ratio),
+        ("bhattacharyya", lambda Z, yp: M.bhattacharyya_distance(Z, yp).distance),
+        ("silhouette", silhouette_score),
+    ):
+        null = np.array([fn(Z, Y[:, j]) for j in range(30)])
+        assert res.null[name] == pytest.approx(null.mean(), rel=1e-9), name
+        assert res.p_value[name] == pytest.approx((1 + np.sum(null >= res.values[name])) / 31), name
+        assert res.extra_values()[name + "_null"] == res.null[name]
+    # the probe's null needs refits: not computed by default, and said so
+    assert res.n_permutations["bcv_ratio"] == 30
+
+
+def test_p_values_small_under_signal_and_not_under_shuffled_labels():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(200, 20))
+    y = np.r_[np.zeros(100, int), np.ones(100, int)]
+    strong = X.copy()
+    strong[y == 1, :3] += 1.0
+    res = M.separation_metrics(strong, y, k=5, n_boot=0, n_permutations=49, probe_permutations=4, seed=0)
+    for name in ("bcv_ratio", "bhattacharyya", "silhouette"):
+        assert res.p_value[name] == pytest.approx(1 / 50)
+        assert res.null[name] < res.values[name]
+    assert res.p_value["probe_auroc"] == pytest.approx(1 / 5) and abs(res.null["probe_auroc"] - 0.5) < 0.15
+    ps = [M.separation_metrics(X, rng.permutation(y), k=5, n_boot=0, n_permutations=49, probe=False, seed=s)
+          .p_value["bcv_ratio"] for s in range(8)]
+    assert np.mean(ps) > 0.2  # null data: p-values spread over (0, 1], not piled at 1/50
+
+
+def test_permutations_keep_groups_whole_and_class_sizes():
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    groups = np.r_[np.arange(20), np.repeat(np.arange(20, 25), 2), np.arange(25, 55)]  # copies of 5 texts
+    pairs = np.r_[np.arange(30), np.arange(30)]  # each pair: one of each label
+    for g in (groups, pairs):
+        Y = permuted_labels(y, 20, seed=1, groups=g)
+        for j in range(20):
+            assert np.bincount(Y[:, j]).tolist() == [30, 30]
+            for gid in np.unique(g):
+                labs = Y[g == gid, j]
+                if np.unique(y[g == gid]).size == 1:
+                    assert np.unique(labs).size == 1  # copies move together
+                else:
+                    assert sorted(labs) == sorted(y[g == gid])  # a pair keeps one of each
+    assert not np.array_equal(permuted_labels(y, 1, seed=1, groups=groups)[:, 0], y)
+
+
+def test_basic_interval_is_the_reflected_percentile_interval_clipped_and_counts_degenerate():
+    reps = np.r_[np.linspace(0.2, 0.4, 100), np.inf, np.nan]
+    sp = summarise(reps, 0.15, 0.9, lower=0.0)
+    q_lo, q_hi = np.quantile(np.linspace(0.2, 0.4, 100), [0.05, 0.95])
+    assert sp.ci == pytest.approx((max(0.0, 0.3 - q_hi), 0.3 - q_lo))
+    assert sp.clipped and sp.n_degenerate == 2 and sp.reason is None
+    bad = summarise(np.r_[np.ones(70), np.full(30, np.inf)], 1.0, 0.95)
+    assert np.isnan(bad.stderr) and "30 of 100" in bad.reason
+    few = summarise(np.r_[np.linspace(0, 1, 90), np.full(10, np.inf)], 0.5, 0.95)
+    assert np.isfinite(few.stderr) and few.n_degenerate == 10  # reported with its count
+
+
+def test_duplicate_texts_as_groups_remove_the_probe_auroc_inflation():
+    # no signal; 8 % of the texts are copies of another text of the same label
+    rng = np.random.default_rng(0)
+    diffs, grouped = [], []
+    for s in range(4):
+        n, d = 300, 400
+        X = rng.standard_normal((n, d))
+        y = rng.permutation(np.arange(n) % 2)
+        texts = [f"text {i}" for i in range(n)]
+        copies = rng.choice(n, 24, replace=False)
+        for i in copies:
+            j = rng.choice(np.flatnonzero((y == y[i]) & ~np.isin(np.arange(n), copies)))
+            X[i], texts[i] = X[j], texts[j]
+        g = M.text_groups(texts)
+        assert n - (g.max() + 1) == 24
+        plain = M.probe_auroc(X, y, seed=s).auroc
+        fair = M.probe_auroc(X, y, groups=g, seed=s).auroc
+        diffs.append(plain - fair)
+        grouped.append(fair)
+    assert np.mean(diffs) > 0.04  # copies on both sides of a split inflate the AUROC
+    assert abs(np.mean(grouped) - 0.5) < 0.05  # grouped folds: chance
+
+
+def test_text_groups_and_combine_groups():
+    g = M.text_groups(["a", "b", "a", "c", "b"])
+    assert g.tolist() == [0, 1, 0, 2, 1]
+    pairs = np.array([0, 0, 1, 1, 2, 2])
+    dup = M.text_groups(["x", "y", "z", "y", "u", "v"])  # "y" is in pairs 0 and 1
+    assert M.combine_groups(pairs, dup).tolist() == [0, 0, 0, 0, 1, 1]
+    with pytest.raises(M.SeparationInputError, match="strings"):
+        M.text_groups(["a", 3])
+
+
+def test_one_string_per_class_repeated_is_named_degenerate_not_measured_into_huge_numbers():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=32), rng.normal(size=32)
+    X = np.vstack([np.tile(a, (50, 1)), np.tile(b, (50, 1))]).astype(np.float32)
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    res = M.separation_metrics(X, y, k=10, n_boot=50, n_permutations=20)
+    assert res.diagnostics["n_distinct_states"] == 2
+    for name in M.METRIC_NAMES:
+        assert np.isnan(res.values[name]) and "distinct" in res.degenerate[name]
+    assert res.diagnostics["n_degenerate_metrics"] == 4
+    # a few distinct states per class: the PCA metrics are fine, the Gaussian fit is not
+    X2 = np.vstack([np.tile(rng.normal(size=(4, 32)), (10, 1)), rng.normal(size=(40, 32)) + 1]).astype(np.float32)
+    y2 = np.r_[np.zeros(40, int), np.ones(40, int)]
+    res2 = M.separation_metrics(X2, y2, k=10, n_boot=50, n_permutations=20)
+    assert np.isnan(res2.values["bhattacharyya"]) and "4 distinct states" in res2.degenerate["bhattacharyya"]
+    assert np.isfinite(res2.values["bcv_ratio"]) and res2.ci["bcv_ratio"][0] >= 0.0
+    with pytest.raises(M.SeparationInputError, match="same hidden state"):
+        M.separation_metrics(np.ones((20, 12)), np.tile([0, 1], 10), k=5, n_boot=0)
+
+
+def test_degenerate_replicates_are_counted_and_never_dropped_silently():
+    # 12 texts per class and k = 10: many resamples hold fewer than 11 distinct texts of a class
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(24, 16))
+    y = np.r_[np.zeros(12, int), np.ones(12, int)]
+    res = M.separation_metrics(X, y, k=10, n_boot=200, n_permutations=0, probe=False)
+    sp = res.spread["bhattacharyya"]
+    assert sp["n_degenerate"] > 0
+    assert np.isnan(res.stderr["bhattacharyya"]) and "degenerate" in sp["reason"]
+    # the intervals of the non-negative metrics never reach below 0
+    assert res.ci["bcv_ratio"][0] >= 0.0
+
+
+def test_probe_refits_on_unit_weights_reproduce_the_fit_and_widen_the_spread():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(200, 30)).astype(np.float32)
+    y = np.r_[np.zeros(100, int), np.ones(100, int)]
+    X[y == 1, :2] += 0.7
+    fit = M.probe_auroc(X, y, seed=0)
+    again = M.probe_refit_replicates(X, y, fit, np.ones((200, 2)))
+    np.testing.assert_allclose(again, fit.auroc, atol=2e-3)
+    res = M.separation_metrics(X, y, k=5, n_boot=100, n_permutations=0, probe_refits=20, seed=0)
+    sp = res.spread["probe_auroc"]
+    assert sp["probe_refits"] == 20 and sp["probe_refit_scale"] >= 1.0
+    fixed = M.separation_metrics(X, y, k=5, n_boot=100, n_permutations=0, probe_refits=0, seed=0)
+    assert res.stderr["probe_auroc"] == pytest.approx(fixed.stderr["probe_auroc"] * sp["probe_refit_scale"])
+
+
+def test_paired_difference_uses_basic_intervals_and_counts_degenerate_pairs():
+    rng = np.random.default_rng(9)
+    y = np.r_[np.zeros(60, int), np.ones(60, int)]
+    Xa = rng.normal(size=(120, 15))
+    Xb = Xa + rng.normal(scale=0.3, size=(120, 15))
+    Xb[y == 1, :2] += 0.8
+    d = M.paired_bootstrap_difference(Xa, Xb, y, k=5, n_boot=60, probe_refits=5)
+    for name in M.METRIC_NAMES:
+        lo, hi = d.ci[name]
+        assert lo <= hi and d.spread[name]["method"] == "basic"
+        assert d.spread[name]["n_degenerate"] == 0
+    assert d.difference["bcv_ratio"] > 0

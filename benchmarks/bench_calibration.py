@@ -1,0 +1,219 @@
+"""Calibration of the separation metrics' intervals on planted Gaussians with a known truth.
+
+Two classes in d = k = 10 dimensions (so PCA-k is exact: a rotation, and every metric is
+rotation-invariant): class 0 ~ N(0, I), class 1 ~ N(delta, Sigma_1). For each sample size
+(texts per class) ``--reps`` fresh datasets are measured with ``separation_metrics`` and, per
+metric, the study reports
+
+* coverage: the share of datasets whose 95 % interval contains the truth (target >= 0.90 at
+  200 and 1,000 texts per class);
+* stderr ratio: mean reported standard error / standard deviation of the point estimates over
+  the datasets (target 0.8 - 1.25);
+* bias: mean point estimate - truth.
+
+Truth: Bhattacharyya distance and variance ratio in closed form (:func:`truth_closed_form`);
+silhouette from a very large sample (the population a(x), b(x) by Monte Carlo); probe AUROC as
+the population AUROC (closed form for a linear score of Gaussians) of a probe trained on the
+cross-validation's training size, averaged over fresh training sets -- the quantity a
+cross-validated AUROC estimates.
+
+``--code old`` runs the same study on the package found at ``--old-path`` (the checkout before
+this change), in a subprocess, so one command gives the before/after table:
+
+    python benchmarks/bench_calibration.py --sizes 50,200,1000 --reps 200 --compare-old /work/main --out calib.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+K = 10
+METRICS = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
+
+
+def planted(delta_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Means and covariances of the two planted classes."""
+    mu0 = np.zeros(K)
+    mu1 = np.zeros(K)
+    mu1[:2] = np.array([0.5, 0.3]) * delta_scale
+    cov0 = np.eye(K)
+    cov1 = np.diag(np.r_[1.2, np.ones(K - 2), 0.9])
+    return {"mu0": mu0, "mu1": mu1, "cov0": cov0, "cov1": cov1}
+
+
+def sample(p: dict[str, np.ndarray], n_per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x0 = rng.multivariate_normal(p["mu0"], p["cov0"], size=n_per_class)
+    x1 = rng.multivariate_normal(p["mu1"], p["cov1"], size=n_per_class)
+    y = np.r_[np.zeros(n_per_class, dtype=np.int64), np.ones(n_per_class, dtype=np.int64)]
+    return np.vstack([x0, x1]), y
+
+
+def truth_closed_form(p: dict[str, np.ndarray]) -> dict[str, float]:
+    r"""Population Bhattacharyya distance and between-class variance ratio (equal class shares).
+
+    BCV: with class shares 1/2, SS_B / n -> ||mu1 - mu0||^2 / 4 and SS_W / n -> (tr S0 + tr S1) / 2,
+    so r = (||D||^2 / 4) / (||D||^2 / 4 + (tr S0 + tr S1) / 2). Both are invariant to the rotation
+    PCA-k applies when k = d."""
+    d = p["mu1"] - p["mu0"]
+    cb = (p["cov0"] + p["cov1"]) / 2
+    maha = float(d @ np.linalg.solve(cb, d)) / 8
+    covt = 0.5 * (np.linalg.slogdet(cb)[1] - 0.5 * (np.linalg.slogdet(p["cov0"])[1] + np.linalg.slogdet(p["cov1"])[1]))
+    sb = float(d @ d) / 4
+    sw = (np.trace(p["cov0"]) + np.trace(p["cov1"])) / 2
+    return {"bhattacharyya": maha + covt, "bcv_ratio": sb / (sb + sw)}
+
+
+def truth_silhouette(p: dict[str, np.ndarray], *, n_query: int = 3000, n_ref: int = 30000, seed: int = 99) -> float:
+    """Population silhouette: mean over query points x of (b - a) / max(a, b), a(x) and b(x) the
+    mean distance to a very large sample of the own and of the other class."""
+    rng = np.random.default_rng(seed)
+    q, qy = sample(p, n_query, rng)
+    r, ry = sample(p, n_ref, rng)
+    r0, r1 = r[ry == 0], r[ry == 1]
+    s = np.empty(q.shape[0])
+    for start in range(0, q.shape[0], 500):
+        rows = slice(start, start + 500)
+        qq = np.einsum("ij,ij->i", q[rows], q[rows])[:, None]
+        m = [np.sqrt(np.maximum(qq + np.einsum("ij,ij->i", R, R)[None, :] - 2 * q[rows] @ R.T, 0)).mean(1) for R in (r0, r1)]
+        own = np.where(qy[rows] == 0, m[0], m[1])
+        other = np.where(qy[rows] == 0, m[1], m[0])
+        s[rows] = (other - own) / np.maximum(own, other)
+    return float(s.mean())
+
+
+def population_auroc(w: np.ndarray, p: dict[str, np.ndarray]) -> float:
+    """AUROC of the linear score w.x for the two Gaussians: Phi(w.D / sqrt(w'S0w + w'S1w))."""
+    num = float(w @ (p["mu1"] - p["mu0"]))
+    den = math.sqrt(float(w @ p["cov0"] @ w + w @ p["cov1"] @ w))
+    return 0.5 * (1 + math.erf(num / den / math.sqrt(2)))
+
+
+def truth_probe(p: dict[str, np.ndarray], n_per_class: int, *, folds: int = 5, reps: int = 200, seed: int = 7) -> float:
+    """Mean population AUROC of the probe (standardise + L2 logistic regression, C = 1) trained
+    on the cross-validation's training size, (folds - 1) / folds of 2 * n_per_class texts."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    m = int(round(n_per_class * (folds - 1) / folds))
+    vals = []
+    for _ in range(reps):
+        X, y = sample(p, m, rng)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(X, y)
+        w = model[-1].coef_[0] / model[0].scale_
+        vals.append(population_auroc(w, p))
+    return float(np.mean(vals))
+
+
+def run_study(
+    sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits: int, signal: float = 1.0,
+    metrics: tuple[str, ...] = METRICS,
+) -> dict[str, Any]:
+    from safespace_tasks.metrics import separation_metrics
+
+    params = inspect.signature(separation_metrics).parameters
+    extra = {}
+    if "n_permutations" in params:
+        extra["n_permutations"] = 0
+    if "probe_refits" in params:
+        extra["probe_refits"] = probe_refits
+    p = planted(signal)
+    truth = truth_closed_form(p)
+    truth["silhouette"] = truth_silhouette(p)
+    probe = "probe_auroc" in metrics
+    if not probe:
+        extra["probe"] = False
+    out: dict[str, Any] = {"truth_fixed": dict(truth), "sizes": {}}
+    for n_pc in sizes:
+        t_n = dict(truth, probe_auroc=truth_probe(p, n_pc) if probe else float("nan"))
+        rng = np.random.default_rng(seed + n_pc)
+        vals = {m: [] for m in metrics}
+        ses = {m: [] for m in metrics}
+        cover = {m: [] for m in metrics}
+        nonfinite = {m: 0 for m in metrics}
+        start = time.perf_counter()
+        for r in range(reps):
+            X, y = sample(p, n_pc, rng)
+            res = separation_metrics(X, y, k=K, n_boot=n_boot, seed=seed + r, **extra)
+            for m in metrics:
+                v, se, (lo, hi) = res.values[m], res.stderr.get(m, np.nan), res.ci.get(m, (np.nan, np.nan))
+                vals[m].append(v)
+                ses[m].append(se)
+                ok = np.isfinite(lo) and np.isfinite(hi)
+                nonfinite[m] += int(not ok)
+                cover[m].append(bool(ok and lo <= t_n[m] <= hi))
+        rows = {}
+        for m in metrics:
+            v = np.array(vals[m], dtype=float)
+            s = np.array(ses[m], dtype=float)
+            sd = float(np.nanstd(v, ddof=1))
+            rows[m] = {
+                "truth": t_n[m], "coverage": float(np.mean(cover[m])), "stderr_ratio": float(np.nanmean(s) / sd),
+                "bias": float(np.nanmean(v) - t_n[m]), "true_sd": sd, "mean_stderr": float(np.nanmean(s)),
+                "non_finite_intervals": nonfinite[m],
+            }
+        out["sizes"][str(n_pc)] = {"reps": reps, "seconds": round(time.perf_counter() - start, 2), "metrics": rows}
+        print(f"  {n_pc}/class done in {out['sizes'][str(n_pc)]['seconds']} s", file=sys.stderr, flush=True)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| code | texts/class | metric | truth | coverage | stderr / true sd | bias |", "|---|---|---|---|---|---|---|"]
+    for code, res in results.items():
+        for n_pc, block in res["sizes"].items():
+            for m, r in block["metrics"].items():
+                lines.append(f"| {code} | {n_pc} | {m} | {r['truth']:.4f} | {r['coverage']:.3f} | "
+                             f"{r['stderr_ratio']:.2f} | {r['bias']:+.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="50,200,1000", help="texts per class, comma separated")
+    ap.add_argument("--reps", type=int, default=200, help="fresh datasets per size")
+    ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--probe-refits", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--signal", type=float, default=1.0,
+                    help="scale of the mean shift (1: Bhattacharyya 0.042, the weak regime of the issue; 3: 0.24)")
+    ap.add_argument("--compare-old", default=None, help="path of a checkout with the old package (runs it too)")
+    ap.add_argument("--metrics", default=",".join(METRICS), help="metrics to study (without probe_auroc: no probe fit)")
+    ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    metrics = tuple(m for m in a.metrics.split(",") if m)
+    if a.json_only:
+        res = run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)
+        print(json.dumps(res))
+        return res
+    results = {"new": run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)}
+    if a.compare_old:
+        env = dict(os.environ, PYTHONPATH=a.compare_old)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--json-only", "--sizes", a.sizes, "--reps", str(a.reps),
+               "--n-boot", str(a.n_boot), "--seed", str(a.seed), "--signal", str(a.signal), "--metrics", a.metrics]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        results["old"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    record = {"benchmark": "calibration", "command": "python benchmarks/bench_calibration.py " + " ".join(argv or sys.argv[1:]),
+              "k": K, "signal": a.signal, "planted": {k: v.tolist() for k, v in planted(a.signal).items()}, "results": results}
+    print(table(results))
+    if a.out:
+        Path(a.out).write_text(json.dumps(record, indent=2))
+        print(f"wrote {a.out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
