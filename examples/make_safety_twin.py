@@ -193,7 +193,16 @@ def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: floa
     import torch
 
     torch.manual_seed(seed)
-    encoded = [encode_example(tok, u, a, max_length) for u, a, _ in examples]
+    encoded, dropped = [], {}
+    for u, a, kind in examples:
+        if len(tok(chat_prompt(tok, u), add_special_tokens=False)["input_ids"]) >= max_length - 8:
+            dropped[kind] = dropped.get(kind, 0) + 1  # a prompt that leaves under 8 response tokens: counted, skipped
+            continue
+        encoded.append(encode_example(tok, u, a, max_length))
+    if dropped:
+        log(f"  skipped {sum(dropped.values())} example(s) whose prompt fills --max-length {max_length}: {dropped}")
+    if not encoded:
+        raise ValueError(f"every training example's prompt fills --max-length {max_length}: raise it")
     rng = random.Random(seed + 1)
     n_steps = max(1, math.ceil(epochs * len(encoded) / batch_size))
     order: list[int] = []
@@ -227,7 +236,8 @@ def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: floa
         if step % 10 == 0 or step == n_steps - 1:
             log(f"  step {step + 1}/{n_steps}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:.0f}s")
     model.eval()
-    return {"steps": n_steps, "losses": losses, "seconds": time.perf_counter() - t0}
+    return {"steps": n_steps, "examples": len(encoded), "skipped_too_long": dropped, "losses": losses,
+            "seconds": time.perf_counter() - t0}
 
 
 # -------------------------------------------------------------------------------------- generation
@@ -314,6 +324,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--shipped-results", help="reuse the shipped model's block of an earlier twin_results.json "
                                              "(same evaluation settings required) instead of re-generating it")
+    p.add_argument("--skip-shipped", action="store_true", help="evaluate the twin only (the shipped model's "
+                                                             "numbers come from another run)")
     p.add_argument("--no-train", action="store_true", help="evaluate the checkpoint already in OUT")
     p.add_argument("--limit-eval", type=int, help="evaluate only the first N requests of each set (tests)")
     return p.parse_args(argv)
@@ -351,8 +363,18 @@ def main(argv=None) -> dict:
                "counts": data["counts"], "seconds": {}, "models": {}}
     all_replies = {}
 
+    def save() -> None:
+        (out / "twin_results.json").write_text(json.dumps(results, indent=1, default=float))
+        with (out / "twin_replies.jsonl").open("w", encoding="utf-8") as fh:
+            for model_name, sets in all_replies.items():
+                for set_name, rows in sets.items():
+                    for row in rows:
+                        fh.write(json.dumps({"model": model_name, "set": set_name, **row}, ensure_ascii=False) + "\n")
+
     tok = AutoTokenizer.from_pretrained(args.model)
-    if args.shipped_results:
+    if args.skip_shipped:
+        print("shipped model: skipped")
+    elif args.shipped_results:
         prev = json.loads(Path(args.shipped_results).read_text())
         if prev.get("eval_settings") != eval_settings or "shipped" not in prev.get("models", {}):
             raise SystemExit(f"{args.shipped_results} was evaluated with other settings ({prev.get('eval_settings')}); "
@@ -367,6 +389,7 @@ def main(argv=None) -> dict:
         results["models"]["shipped"] = {"rates": ev["rates"], "seconds": ev["seconds"]}
         all_replies["shipped"] = ev["replies"]
         del shipped
+        save()  # the shipped model's numbers are kept even if training stops later
 
     if args.no_train:
         print("twin: loading", out)
@@ -390,12 +413,7 @@ def main(argv=None) -> dict:
     all_replies["twin"] = ev["replies"]
     results["seconds"]["total"] = time.perf_counter() - t_all
 
-    (out / "twin_results.json").write_text(json.dumps(results, indent=1, default=float))
-    with (out / "twin_replies.jsonl").open("w", encoding="utf-8") as fh:
-        for model_name, sets in all_replies.items():
-            for set_name, rows in sets.items():
-                for row in rows:
-                    fh.write(json.dumps({"model": model_name, "set": set_name, **row}, ensure_ascii=False) + "\n")
+    save()
     print(table(results))
     print(f"results: {out / 'twin_results.json'}  ({results['seconds']['total']:.0f}s in all)")
     return results
@@ -403,4 +421,5 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.stdout.reconfigure(line_buffering=True)
     main()
