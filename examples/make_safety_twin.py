@@ -205,11 +205,18 @@ def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: floa
         raise ValueError(f"every training example's prompt fills --max-length {max_length}: raise it")
     rng = random.Random(seed + 1)
     n_steps = max(1, math.ceil(epochs * len(encoded) / batch_size))
+    # Length-grouped batches (less padding, same examples): shuffle, sort each window of 8 batches
+    # by length, cut it into batches, shuffle the batches.
     order: list[int] = []
     while len(order) < n_steps * batch_size:
         block = list(range(len(encoded)))
         rng.shuffle(block)
-        order += block
+        batches = []
+        for w in range(0, len(block), 8 * batch_size):
+            window = sorted(block[w:w + 8 * batch_size], key=lambda i: len(encoded[i][0]))
+            batches += [window[b:b + batch_size] for b in range(0, len(window), batch_size)]
+        rng.shuffle(batches)
+        order += [i for b in batches for i in b]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     warmup = max(1, n_steps // 10)
