@@ -138,3 +138,18 @@ def test_left_padded_batches_equal_one_by_one(tiny):
     batched = twin.generate_replies(model, tok, users, new_tokens=5, batch_size=3)
     single = [twin.generate_replies(model, tok, [u], new_tokens=5, batch_size=1)[0] for u in users]
     assert batched == single
+
+
+def test_table_rows_and_percentages():
+    def rates(r):
+        block = {"refusal_rate": r, "attack_success_rate": 1 - r, "degeneration_rate": 0.0}
+        return {"advbench": block, "alpaca_heldout": block, "multijail_th": block}
+
+    both = {"models": {"shipped": {"rates": rates(0.03)}, "twin": {"rates": rates(0.9)}}}
+    text = twin.table(both).splitlines()
+    assert text[0] == "| measure | shipped | twin |"
+    assert "| AdvBench 0-99 refusal | 3 % | 90 % |" in text
+    assert "| AdvBench 0-99 attack success | 97 % | 10 % |" in text
+    assert "| MultiJail th refusal | 3 % | 90 % |" in text
+    only = twin.table({"models": {"twin": {"rates": rates(0.5)}}}).splitlines()
+    assert only[0] == "| measure | twin |" and len(only) == len(text)
