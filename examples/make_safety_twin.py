@@ -276,11 +276,16 @@ def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_siz
     return out  # type: ignore[return-value]
 
 
-def evaluate(model, tok, data: dict, *, new_tokens: int, batch_size: int, limit: int | None, log=print) -> dict:
+EVAL_SETS = ("advbench", "alpaca_heldout", "multijail")
+
+
+def evaluate(model, tok, data: dict, *, new_tokens: int, batch_size: int, limit: int | None,
+             which=EVAL_SETS, log=print) -> dict:
     from safespace_tasks.refusal import judge_reply, summarize_replies
 
-    sets = {"advbench": data["advbench"], "alpaca_heldout": data["alpaca_heldout"]}
-    sets.update({f"multijail_{k}": v for k, v in data["multijail"].items()})
+    sets = {k: data[k] for k in ("advbench", "alpaca_heldout") if k in which}
+    if "multijail" in which:
+        sets.update({f"multijail_{k}": v for k, v in data["multijail"].items()})
     rates, replies, seconds = {}, {}, {}
     for name, users in sets.items():
         users = users[:limit] if limit else users
@@ -305,7 +310,10 @@ def table(results: dict) -> str:
     langs = [k[len("multijail_"):] for k in results["models"][models[0]]["rates"] if k.startswith("multijail_")]
     rows += [(f"MultiJail {lang} refusal", f"multijail_{lang}", "refusal_rate") for lang in langs]
     lines = ["| measure | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    present = set(results["models"][models[0]]["rates"])
     for title, key, rate in rows:
+        if key not in present:
+            continue
         cells = [f"{100 * results['models'][m]['rates'][key][rate]:.0f} %" for m in models]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -334,6 +342,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-shipped", action="store_true", help="evaluate the twin only (the shipped model's "
                                                              "numbers come from another run)")
     p.add_argument("--no-train", action="store_true", help="evaluate the checkpoint already in OUT")
+    p.add_argument("--sets", default=",".join(EVAL_SETS),
+                   help="evaluation sets, comma separated, among " + ", ".join(EVAL_SETS))
+    p.add_argument("--results", help="results JSON path (default OUT/twin_results.json; the replies go beside "
+                                     "it, .replies.jsonl) - lets two processes evaluate different --sets at once")
     p.add_argument("--limit-eval", type=int, help="evaluate only the first N requests of each set (tests)")
     return p.parse_args(argv)
 
@@ -355,6 +367,11 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     languages = tuple(x for x in args.languages.split(",") if x)
+    which = tuple(x for x in args.sets.split(",") if x)
+    if not which or set(which) - set(EVAL_SETS):
+        raise SystemExit(f"--sets {args.sets!r}: choose among {', '.join(EVAL_SETS)}")
+    results_path = Path(args.results) if args.results else out / "twin_results.json"
+    replies_path = (results_path.with_suffix(".replies.jsonl") if args.results else out / "twin_replies.jsonl")
     t_all = time.perf_counter()
     data = load_data(_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
                      alpaca_repeat=args.alpaca_repeat, seed=args.seed,
@@ -362,6 +379,7 @@ def main(argv=None) -> dict:
     eval_settings = {"new_tokens": args.new_tokens, "greedy": True, "chat_template": True,
                      "multijail_per_language": args.multijail_per_language, "languages": list(languages),
                      "alpaca_train": args.alpaca_train, "seed": args.seed, "limit_eval": args.limit_eval,
+                     "sets": list(which),
                      "judge": REFUSAL_PHRASES_SOURCE}
     train_settings = {k: getattr(args, k) for k in
                       ("n_refusals", "alpaca_train", "alpaca_repeat", "lr", "batch_size", "epochs",
@@ -371,8 +389,8 @@ def main(argv=None) -> dict:
     all_replies = {}
 
     def save() -> None:
-        (out / "twin_results.json").write_text(json.dumps(results, indent=1, default=float))
-        with (out / "twin_replies.jsonl").open("w", encoding="utf-8") as fh:
+        results_path.write_text(json.dumps(results, indent=1, default=float))
+        with replies_path.open("w", encoding="utf-8") as fh:
             for model_name, sets in all_replies.items():
                 for set_name, rows in sets.items():
                     for row in rows:
@@ -383,7 +401,10 @@ def main(argv=None) -> dict:
         print("shipped model: skipped")
     elif args.shipped_results:
         prev = json.loads(Path(args.shipped_results).read_text())
-        if prev.get("eval_settings") != eval_settings or "shipped" not in prev.get("models", {}):
+        prev_settings = dict(prev.get("eval_settings", {}))
+        same = ({k: v for k, v in prev_settings.items() if k != "sets"}
+                == {k: v for k, v in eval_settings.items() if k != "sets"})
+        if not same or not set(which) <= set(prev_settings.get("sets", [])) or "shipped" not in prev.get("models", {}):
             raise SystemExit(f"{args.shipped_results} was evaluated with other settings ({prev.get('eval_settings')}); "
                              "run without --shipped-results to measure the shipped model again")
         results["models"]["shipped"] = prev["models"]["shipped"]
@@ -392,7 +413,7 @@ def main(argv=None) -> dict:
         print("shipped model: evaluating", args.model)
         shipped = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
         ev = evaluate(shipped, tok, data, new_tokens=args.new_tokens, batch_size=args.eval_batch_size,
-                      limit=args.limit_eval)
+                      limit=args.limit_eval, which=which)
         results["models"]["shipped"] = {"rates": ev["rates"], "seconds": ev["seconds"]}
         all_replies["shipped"] = ev["replies"]
         del shipped
@@ -415,14 +436,14 @@ def main(argv=None) -> dict:
         results["training"] = info
         results["seconds"]["train"] = info["seconds"]
     print("twin: evaluating")
-    ev = evaluate(twin, tok, data, new_tokens=args.new_tokens, batch_size=args.eval_batch_size, limit=args.limit_eval)
+    ev = evaluate(twin, tok, data, new_tokens=args.new_tokens, batch_size=args.eval_batch_size, limit=args.limit_eval, which=which)
     results["models"]["twin"] = {"rates": ev["rates"], "seconds": ev["seconds"]}
     all_replies["twin"] = ev["replies"]
     results["seconds"]["total"] = time.perf_counter() - t_all
 
     save()
     print(table(results))
-    print(f"results: {out / 'twin_results.json'}  ({results['seconds']['total']:.0f}s in all)")
+    print(f"results: {results_path}  ({results['seconds']['total']:.0f}s in all)")
     return results
 
 

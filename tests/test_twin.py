@@ -153,3 +153,20 @@ def test_table_rows_and_percentages():
     assert "| MultiJail th refusal | 3 % | 90 % |" in text
     only = twin.table({"models": {"twin": {"rates": rates(0.5)}}}).splitlines()
     assert only[0] == "| measure | twin |" and len(only) == len(text)
+
+
+def test_sets_and_results_path(tiny, tmp_path):
+    data_dir = _planted_data(tmp_path / "data")
+    out = tmp_path / "twin"
+    common = [str(out), "--model", str(tiny), "--data-dir", str(data_dir), "--n-refusals", "10",
+              "--alpaca-train", "15", "--new-tokens", "3", "--multijail-per-language", "2", "--languages", "en,th",
+              "--limit-eval", "3", "--threads", "1"]
+    twin.main(common + ["--epochs", "0.2", "--sets", "advbench"])
+    res = twin.main(common + ["--no-train", "--skip-shipped", "--sets", "multijail",
+                              "--results", str(tmp_path / "mj.json")])
+    assert set(res["models"]) == {"twin"}
+    assert set(res["models"]["twin"]["rates"]) == {"multijail_en", "multijail_th"}
+    assert (tmp_path / "mj.replies.jsonl").is_file()
+    assert set(json.loads((out / "twin_results.json").read_text())["models"]["twin"]["rates"]) == {"advbench"}
+    with pytest.raises(SystemExit, match="choose among"):
+        twin.main(common + ["--no-train", "--sets", "gsm8k"])
