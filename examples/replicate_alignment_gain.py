@@ -1,0 +1,540 @@
+"""Miniature replication: English-only DPO on a base model, then every separation measure per language.
+
+The Hidden Space of Safety's claim is causal: English-centric preference alignment separates toxic from
+non-toxic text in English much more than in other languages. This script makes an aligned twin of a base
+model (gemma-3-270m by default) and measures both with the project's own tools:
+
+1. load the base model and tokenizer;
+2. read English ParaDetox (``paradetox_en/paradetox.tsv``: toxic, neutral1..3) and build preference
+   pairs, chosen = a human neutral rewrite, rejected = the toxic original. Every pair that shares a text
+   (normalised exact match) with the English evaluation sets (``multilingual_paradetox/en.jsonl``,
+   ``multilingual_toxicity_dataset/en.jsonl``) is dropped and counted; the kept pairs are checked again
+   and the script stops if any overlap remains;
+3. a short DPO (one epoch over ``--pairs`` pairs, seeds fixed) written in plain torch: the reference
+   log-probabilities are those of the frozen base model, computed once before training;
+4. save the aligned checkpoint (``save_pretrained`` + tokenizer);
+5. run the toxicity (15 languages) and paradetox (9 languages) families on both models with the same
+   texts, through ``safespace-eval`` in a subprocess (``--limit`` texts per language);
+6. ``safespace report`` on the two runs: the alignment gain per language with its paired interval.
+
+Each step is timed; ``OUT/replication.json`` holds the settings, the data counts (the overlap count
+among them), the DPO losses, the timings and the paths. Usage::
+
+    OMP_NUM_THREADS=2 SAFESPACE_DATA_DIR=../shared/data python examples/replicate_alignment_gain.py out/dpo_s0 --seed 0
+
+Needs only the project's own dependencies (torch, transformers) plus ``.[models]`` for gemma-3-270m and
+``.[report]`` for the pictures. See docs/replication.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAMILIES = ("safespace_toxicity", "safespace_paradetox")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+class TrainEvalOverlapError(AssertionError):
+    """A training text equals (after normalisation) a text the models are evaluated on."""
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, every run of non-word characters made one space, stripped."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def _data_dir(explicit: str | None) -> Path:
+    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
+    if not root:
+        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
+    return root
+
+
+def read_paradetox_tsv(path: Path) -> list[dict]:
+    """Rows of the English ParaDetox TSV: ``toxic`` and the non-empty ``neutral1..3`` (a list).
+
+    The file quotes the few fields that hold a line break (CSV quoting, tab-separated), so it is read
+    as CSV: 11,927 records in 11,935 lines. Whitespace runs (those line breaks among them) become one space.
+    """
+    if not path.is_file():
+        raise SystemExit(f"missing {path}: the data mirror must hold paradetox_en/paradetox.tsv "
+                         "(columns toxic, neutral1, neutral2, neutral3)")
+    rows = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        need = {"toxic", "neutral1"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise SystemExit(f"{path} has columns {reader.fieldnames}; expected toxic, neutral1[, neutral2, neutral3]")
+        for row in reader:
+            toxic = " ".join((row.get("toxic") or "").split())
+            neutrals = [" ".join((row.get(f"neutral{i}") or "").split()) for i in (1, 2, 3)]
+            neutrals = [n for n in neutrals if n]
+            rows.append({"toxic": toxic, "neutrals": neutrals})
+    return rows
+
+
+def read_eval_texts(root: Path) -> dict[str, set[str]]:
+    """The normalised English evaluation texts of both families, per source file."""
+    sources = {
+        "multilingual_paradetox/en.jsonl": ("toxic_sentence", "neutral_sentence"),
+        "multilingual_toxicity_dataset/en.jsonl": ("text",),
+    }
+    out = {}
+    for rel, columns in sources.items():
+        path = root / rel
+        if not path.is_file():
+            raise SystemExit(f"missing {path}: the data mirror must hold it (the English evaluation texts)")
+        texts = set()
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                for c in columns:
+                    if c not in row:
+                        raise SystemExit(f"{path}:{lineno} lacks column {c!r}; expected {list(columns)}")
+                    if isinstance(row[c], str) and row[c].strip():
+                        texts.add(normalise(row[c]))
+        out[rel] = texts
+    return out
+
+
+def build_pairs(rows: list[dict], eval_texts: dict[str, set[str]], *, n_pairs: int, seed: int) -> tuple[list[dict], dict]:
+    """Preference pairs (chosen = a neutral rewrite, rejected = the toxic original) that share no text
+    with the evaluation sets, and the counts of what was dropped and why.
+
+    A row with an empty toxic text or no rewrite, or whose toxic text equals its rewrite, is unusable.
+    A row is an *overlap* when its toxic text or any of its rewrites equals an evaluation text after
+    :func:`normalise`; it is dropped (all its rewrites with it). Of the rest, ``n_pairs`` rows are drawn
+    with ``seed`` and each gets one of its rewrites at random (same seed).
+    """
+    every_eval = set().union(*eval_texts.values())
+    counts = {"rows": len(rows), "unusable": 0, "overlap_dropped": 0,
+              "overlap_by_source": {k: 0 for k in eval_texts}}
+    kept = []
+    for row in rows:
+        neutrals = [n for n in row["neutrals"] if normalise(n) and normalise(n) != normalise(row["toxic"])]
+        if not normalise(row["toxic"]) or not neutrals:
+            counts["unusable"] += 1
+            continue
+        texts = {normalise(row["toxic"]), *(normalise(n) for n in row["neutrals"])}
+        if texts & every_eval:
+            counts["overlap_dropped"] += 1
+            for source, held in eval_texts.items():
+                if texts & held:
+                    counts["overlap_by_source"][source] += 1
+            continue
+        kept.append({"toxic": row["toxic"], "neutrals": neutrals})
+    counts["clean_rows"] = len(kept)
+    if n_pairs > len(kept):
+        raise SystemExit(f"--pairs {n_pairs} exceeds the {len(kept)} ParaDetox rows that share no text with "
+                         "the evaluation sets: ask for fewer")
+    rng = random.Random(seed)
+    chosen_rows = rng.sample(kept, n_pairs)
+    pairs = [{"chosen": rng.choice(r["neutrals"]), "rejected": r["toxic"]} for r in chosen_rows]
+    assert_no_overlap(pairs, every_eval)
+    counts["pairs"] = len(pairs)
+    return pairs, counts
+
+
+def assert_no_overlap(pairs: list[dict], eval_texts: set[str]) -> None:
+    """Raise :class:`TrainEvalOverlapError` if a chosen or rejected text is an evaluation text.
+
+    An explicit raise, not ``assert``: it must fire under ``python -O`` too.
+    """
+    shared = sorted({normalise(p[k]) for p in pairs for k in ("chosen", "rejected")} & eval_texts)
+    if shared:
+        raise TrainEvalOverlapError(
+            f"{len(shared)} training text(s) are also evaluation texts (normalised exact match), e.g. "
+            f"{shared[:3]}: remove them from the training pairs")
+
+
+# ------------------------------------------------------------------------------------------ DPO
+
+def encode_pairs(tok, pairs: list[dict], *, prompt: str, max_length: int) -> tuple[list[dict], int]:
+    """Token ids of prompt + chosen and prompt + rejected, with the index where the response starts.
+
+    The prompt is tokenized with the tokenizer's special tokens (BOS) and the response without, apart,
+    so no token straddles the boundary. Responses are cut to fit ``max_length``; the number of pairs
+    where either side was cut is returned beside the encodings.
+    """
+    p_ids = tok(prompt, add_special_tokens=True)["input_ids"]
+    if len(p_ids) >= max_length:
+        raise ValueError(f"the prompt fills --max-length {max_length}: raise it or shorten --prompt")
+    out, cut = [], 0
+    for pair in pairs:
+        enc = {}
+        for side in ("chosen", "rejected"):
+            r_ids = tok(pair[side], add_special_tokens=False)["input_ids"]
+            if not r_ids:
+                raise ValueError(f"the {side} text {pair[side]!r} has no tokens")
+            room = max_length - len(p_ids)
+            cut_here = len(r_ids) > room
+            enc[side] = (p_ids + r_ids[:room], len(p_ids))
+            enc[f"{side}_cut"] = cut_here
+        cut += enc["chosen_cut"] or enc["rejected_cut"]
+        out.append(enc)
+    return out, cut
+
+
+def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, device) -> "torch.Tensor":
+    """Sum of the log-probabilities of the response tokens of each sequence (right padding)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    resp = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, (x, start) in enumerate(seqs):
+        ids[row, :len(x)] = torch.tensor(x)
+        mask[row, :len(x)] = 1
+        resp[row, start:len(x)] = True
+    ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return (logp * resp[:, 1:]).sum(-1)
+
+
+def pair_logps(model, batch: list[dict], pad_id: int, device):
+    """(chosen, rejected) response log-probabilities of a batch of encoded pairs, one forward pass."""
+    logps = sequence_logps(model, [e["chosen"] for e in batch] + [e["rejected"] for e in batch], pad_id, device)
+    return logps[:len(batch)], logps[len(batch):]
+
+
+def dpo_loss(pi_c, pi_r, ref_c, ref_r, beta: float):
+    """DPO loss per pair: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))."""
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
+
+
+def reference_logps(model, encoded: list[dict], pad_id: int, device, batch_size: int):
+    """The frozen model's (chosen, rejected) log-probabilities for every pair, computed once."""
+    import torch
+
+    model.eval()
+    ref_c, ref_r = [], []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            c, r = pair_logps(model, encoded[start:start + batch_size], pad_id, device)
+            ref_c.append(c.cpu())
+            ref_r.append(r.cpu())
+    return torch.cat(ref_c), torch.cat(ref_r)
+
+
+def mean_dpo_loss(model, encoded, ref, pad_id, device, *, beta: float, batch_size: int) -> float:
+    """Mean DPO loss of ``model`` over ``encoded`` against the reference log-probabilities ``ref``."""
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            c, r = pair_logps(model, encoded[start:start + batch_size], pad_id, device)
+            sl = slice(start, start + len(c))
+            total += dpo_loss(c.cpu(), r.cpu(), ref[0][sl], ref[1][sl], beta).sum().item()
+    return total / len(encoded)
+
+
+def train_dpo(model, tok, pairs: list[dict], *, beta: float, lr: float, batch_size: int, epochs: float,
+              max_length: int, prompt: str, seed: int, device, train_embeddings: bool = False, log=print) -> dict:
+    """One short DPO run in place on ``model``; returns losses, reward margins, counts and seconds."""
+    import torch
+
+    torch.manual_seed(seed)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded, n_cut = encode_pairs(tok, pairs, prompt=prompt, max_length=max_length)
+    t0 = time.perf_counter()
+    ref = reference_logps(model, encoded, pad_id, device, batch_size)
+    t_ref = time.perf_counter() - t0
+    frozen = 0
+    if not train_embeddings:
+        for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+            for p in emb.parameters():
+                frozen += p.numel() if p.requires_grad else 0
+                p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    n_steps = max(1, math.ceil(epochs * len(encoded) / batch_size))
+    warmup = max(1, n_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    rng = random.Random(seed + 1)
+    order: list[int] = []
+    while len(order) < n_steps * batch_size:
+        block = list(range(len(encoded)))
+        rng.shuffle(block)
+        order += block
+    model.train()
+    losses, margins, accs = [], [], []
+    t1 = time.perf_counter()
+    for step in range(n_steps):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        c, r = pair_logps(model, [encoded[i] for i in idx], pad_id, device)
+        rc, rr = ref[0][idx].to(c.device), ref[1][idx].to(c.device)
+        loss = dpo_loss(c, r, rc, rr, beta).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        margin = beta * ((c - rc) - (r - rr)).detach()
+        losses.append(loss.item())
+        margins.append(margin.mean().item())
+        accs.append((margin > 0).float().mean().item())
+        if step % 10 == 0 or step == n_steps - 1:
+            log(f"  step {step + 1}/{n_steps}  loss {losses[-1]:.4f}  margin {margins[-1]:+.3f}  "
+                f"{time.perf_counter() - t1:.0f}s")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"steps": n_steps, "pairs": len(encoded), "pairs_cut_to_max_length": n_cut,
+            "frozen_embedding_params": frozen, "trained_params": sum(p.numel() for p in params),
+            "losses": losses, "reward_margins": margins, "reward_accuracies": accs,
+            "reference_seconds": t_ref, "train_seconds": time.perf_counter() - t1}
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def _subprocess_env(data_dir: Path, threads: int) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "SAFESPACE_DATA_DIR": str(data_dir),
+           "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_eval(model_dir: Path, out: Path, *, tasks: str, limit: int | None, device: str, dtype: str,
+             batch_size: str, metadata: str | None, env: dict, log=print) -> Path:
+    """``safespace-eval`` on one model into ``out``; returns the model's results folder."""
+    code = ("import sys; from safespace_tasks.cli import eval_main; "
+            "sys.argv = ['safespace-eval', *sys.argv[1:]]; eval_main()")
+    cmd = [sys.executable, "-c", code, "--model", "hf", "--model_args", f"pretrained={model_dir},dtype={dtype}",
+           "--device", device, "--batch_size", str(batch_size), "--tasks", tasks, "--output_path", str(out)]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    if metadata:
+        cmd += ["--metadata", metadata]
+    out.mkdir(parents=True, exist_ok=True)
+    log("  $ safespace-eval " + " ".join(cmd[3:]))
+    proc = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True)
+    (out / "safespace-eval.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        raise SystemExit(f"safespace-eval failed on {model_dir} (status {proc.returncode}); its output is in "
+                         f"{out / 'safespace-eval.log'}:\n{proc.stderr[-3000:]}")
+    folders = sorted({p.parent for p in out.glob("*/results_*.json")})
+    if len(folders) != 1:
+        raise SystemExit(f"expected one model folder with results under {out}, found {folders}: "
+                         "give each run its own empty folder")
+    return folders[0]
+
+
+def run_report(base: Path, aligned: Path, out: Path, *, env: dict, html: bool, plots: bool, log=print) -> dict:
+    """``safespace report`` with ``base`` and ``aligned``; returns the summary JSON's content."""
+    cmd = [sys.executable, "-m", "safespace_tasks.cli", "report", str(base), str(aligned),
+           "--label", f"base={base}", "--label", f"aligned={aligned}", "--base", "base", "--aligned", "aligned",
+           "--out", str(out), "--quiet"]
+    cmd += ["--html"] if html else []
+    cmd += [] if plots else ["--no-plots"]
+    log("  $ safespace " + " ".join(cmd[3:]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (out.parent / "report.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        raise SystemExit(f"safespace report failed (status {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def gain_rows(summary: dict, metrics=("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")) -> list[dict]:
+    """One row per family and language: base and aligned value of each metric, the gain and its interval.
+
+    Read from the report's ``summary.json`` (its first base/aligned pair); a number the report lacks is None.
+    """
+    if not summary.get("gains"):
+        return []
+    gain = summary["gains"][0]
+    base, aligned = summary["models"][gain["base"]], summary["models"][gain["aligned"]]
+    rows = []
+    for family, fam in gain["families"].items():
+        langs = base["families"].get(family, {}).get("languages", [])
+        for lang in langs:
+            row = {"family": family, "language": lang}
+            for m in metrics:
+                g = fam.get(m, {}).get("per_language", {}).get(lang) or {}
+                row[m] = {
+                    "base": base["families"][family]["metrics"].get(m, {}).get("per_language", {}).get(lang),
+                    "aligned": aligned["families"].get(family, {}).get("metrics", {}).get(m, {})
+                    .get("per_language", {}).get(lang),
+                    "gain": g.get("gain"), "ci": g.get("ci"), "method": g.get("method"),
+                }
+            rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict], metric: str = "probe_auroc") -> str:
+    def num(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = [f"{metric}: family  lang  base  aligned  gain  [95 % interval]"]
+    for r in rows:
+        v = r[metric]
+        ci = v["ci"] or [None, None]
+        lines.append(f"  {r['family']:<22} {r['language']:<4} {num(v['base'])}  {num(v['aligned'])}  "
+                     f"{num(v['gain'])}  [{num(ci[0])}, {num(ci[1])}]")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- command
+
+def default_device() -> str:
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="folder for the aligned checkpoint, the two runs, the report and replication.json")
+    p.add_argument("--model", help="the base model folder or Hub id (default: `safespace model-path gemma-3-270m`)")
+    p.add_argument("--data-dir", help="data mirror (default: $SAFESPACE_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the pair draw, the rewrite choice, the batch order and torch")
+    p.add_argument("--pairs", type=int, default=300, help="English preference pairs trained on (one epoch)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--beta", type=float, default=0.1, help="DPO temperature")
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per DPO step")
+    p.add_argument("--max-length", type=int, default=96, help="tokens per prompt + response (response cut to fit)")
+    p.add_argument("--prompt", default="", help="text before every response (default: none, only the BOS token)")
+    p.add_argument("--train-embeddings", action="store_true",
+                   help="also train the (tied) token embeddings; off by default, which keeps the 262k-row "
+                        "embedding of gemma-3 out of the optimiser")
+    p.add_argument("--device", default=None, help="cuda:0 when CUDA is present, else cpu")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="model dtype for training and evaluation (default float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--tasks", default=",".join(FAMILIES), help="safespace-eval --tasks (default: both families)")
+    p.add_argument("--limit", type=int, default=200, help="texts (or pairs) per language in the evaluation; 0: all")
+    p.add_argument("--eval-batch-size", default="16", help="safespace-eval --batch_size (a number or auto)")
+    p.add_argument("--metadata", help="safespace-eval --metadata JSON (e.g. '{\"bootstrap_iters\": 200}')")
+    p.add_argument("--base-run", help="reuse the base model's results folder of an earlier run of this script "
+                                      "(same --tasks, --limit and --metadata) instead of evaluating it again")
+    p.add_argument("--no-plots", action="store_true", help="report tables and summary only")
+    p.add_argument("--html", action="store_true", help="also write report.html")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t_all = time.perf_counter()
+    seconds: dict[str, float] = {}
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = args.device or default_device()
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = _data_dir(args.data_dir)
+
+    t = time.perf_counter()
+    if args.model is None:
+        from safespace_tasks.local_models import prepare
+
+        args.model = str(prepare("gemma-3-270m"))
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, dtype)).to(device)
+    seconds["load"] = time.perf_counter() - t
+    print(f"base model {args.model} on {device} ({dtype}): {seconds['load']:.0f}s")
+
+    t = time.perf_counter()
+    eval_texts = read_eval_texts(data_dir)
+    pairs, counts = build_pairs(read_paradetox_tsv(data_dir / "paradetox_en" / "paradetox.tsv"), eval_texts,
+                                n_pairs=args.pairs, seed=args.seed)
+    seconds["pairs"] = time.perf_counter() - t
+    print(f"ParaDetox English: {counts['rows']} rows, {counts['unusable']} unusable, "
+          f"{counts['overlap_dropped']} dropped for sharing a text with the evaluation sets "
+          f"({counts['overlap_by_source']}); {counts['pairs']} pairs drawn from {counts['clean_rows']}; "
+          "overlap of the training pairs with the evaluation texts: 0 (checked)")
+
+    print(f"DPO: {len(pairs)} pairs, beta {args.beta}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epoch(s)")
+    info = train_dpo(model, tok, pairs, beta=args.beta, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                     max_length=args.max_length, prompt=args.prompt, seed=args.seed, device=device,
+                     train_embeddings=args.train_embeddings)
+    seconds["reference_logps"] = info["reference_seconds"]
+    seconds["train"] = info["train_seconds"]
+
+    t = time.perf_counter()
+    aligned_dir = out / "aligned"
+    model.save_pretrained(aligned_dir)
+    tok.save_pretrained(aligned_dir)
+    (aligned_dir / "dpo_training.json").write_text(json.dumps(info, indent=1))
+    seconds["save"] = time.perf_counter() - t
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    env = _subprocess_env(data_dir, args.threads)
+    eval_kw = dict(tasks=args.tasks, limit=args.limit or None, device=device, dtype=dtype,
+                   batch_size=args.eval_batch_size, metadata=args.metadata, env=env)
+    if args.base_run:
+        base_run = Path(args.base_run).resolve()
+        if not list(base_run.glob("results_*.json")):
+            raise SystemExit(f"--base-run {base_run} holds no results_*.json: give the base model's results folder")
+        print(f"base model evaluation: reused {base_run}")
+    else:
+        t = time.perf_counter()
+        print("evaluating the base model")
+        base_run = run_eval(Path(args.model), out / "runs" / "base", **eval_kw)
+        seconds["eval_base"] = time.perf_counter() - t
+    t = time.perf_counter()
+    print("evaluating the aligned model")
+    aligned_run = run_eval(aligned_dir, out / "runs" / "aligned", **eval_kw)
+    seconds["eval_aligned"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    print("report")
+    summary = run_report(base_run, aligned_run, out / "report", env=env, html=args.html, plots=not args.no_plots)
+    seconds["report"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_all
+
+    result = {
+        "base_model": args.model, "aligned_model": str(aligned_dir), "device": device, "dtype": dtype,
+        "settings": {k: getattr(args, k) for k in ("seed", "pairs", "epochs", "beta", "lr", "batch_size",
+                                                   "max_length", "prompt", "train_embeddings", "tasks", "limit",
+                                                   "eval_batch_size", "metadata", "threads")},
+        "data": counts,
+        "dpo": {k: v for k, v in info.items() if k not in ("reference_seconds", "train_seconds")},
+        "seconds": seconds,
+        "runs": {"base": str(base_run), "aligned": str(aligned_run)},
+        "report": str(out / "report" / "report.md"),
+        "gains": gain_rows(summary),
+    }
+    (out / "replication.json").write_text(json.dumps(result, indent=1))
+    for metric in ("bcv_ratio", "probe_auroc"):
+        print(format_rows(result["gains"], metric))
+    print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    print(f"report: {out / 'report' / 'report.md'}   summary: {out / 'replication.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.stdout.reconfigure(line_buffering=True)
+    main()
