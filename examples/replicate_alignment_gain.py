@@ -424,9 +424,10 @@ def parse_args(argv=None):
                         "embedding of gemma-3 out of the optimiser")
     p.add_argument("--device", default=None, help="cuda:0 when CUDA is present, else cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
-                   help="model dtype for training and evaluation (default float32 on CPU, bfloat16 on CUDA)")
+                   help="model dtype of the evaluation (default float32 on CPU, bfloat16 on CUDA); "
+                        "training is always float32")
     p.add_argument("--tasks", default=",".join(FAMILIES), help="safespace-eval --tasks (default: both families)")
-    p.add_argument("--limit", type=int, default=200, help="texts (or pairs) per language in the evaluation; 0: all")
+    p.add_argument("--limit", type=int, default=100, help="texts per language in the evaluation (paradetox: N // 2 whole pairs); 0: all")
     p.add_argument("--eval-batch-size", default="16", help="safespace-eval --batch_size (a number or auto)")
     p.add_argument("--metadata", help="safespace-eval --metadata JSON (e.g. '{\"bootstrap_iters\": 200}')")
     p.add_argument("--base-run", help="reuse the base model's results folder of an earlier run of this script "
@@ -459,9 +460,11 @@ def main(argv=None) -> dict:
 
         args.model = str(prepare("gemma-3-270m"))
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, dtype)).to(device)
+    # Training is float32 on every device: a bfloat16 weight cannot take an update of lr 5e-6 (its
+    # relative precision is 4e-3), so the step would round away. --dtype is the evaluation's dtype.
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     seconds["load"] = time.perf_counter() - t
-    print(f"base model {args.model} on {device} ({dtype}): {seconds['load']:.0f}s")
+    print(f"base model {args.model} on {device} (float32 for training, {dtype} for evaluation): {seconds['load']:.0f}s")
 
     t = time.perf_counter()
     eval_texts = read_eval_texts(data_dir)
@@ -515,7 +518,8 @@ def main(argv=None) -> dict:
     seconds["total"] = time.perf_counter() - t_all
 
     result = {
-        "base_model": args.model, "aligned_model": str(aligned_dir), "device": device, "dtype": dtype,
+        "base_model": args.model, "aligned_model": str(aligned_dir), "device": device,
+        "train_dtype": "float32", "eval_dtype": dtype,
         "settings": {k: getattr(args, k) for k in ("seed", "pairs", "epochs", "beta", "lr", "batch_size",
                                                    "max_length", "prompt", "train_embeddings", "tasks", "limit",
                                                    "eval_batch_size", "metadata", "threads")},

@@ -145,6 +145,7 @@ def test_real_paradetox_overlap_count(mirror):
     assert counts["rows"] == 11927 and counts["overlap_dropped"] == 12 and counts["pairs"] == 300
 
 
+@pytest.mark.slow  # three safespace-eval/report subprocesses: about 1 CPU-minute, 3 minutes on the shared 2 cores
 def test_whole_pipeline_on_a_tiny_model(tiny_model, mirror, tmp_path):
     out = tmp_path / "rep"
     result = rep.main([str(out), "--model", str(tiny_model), "--data-dir", str(mirror), "--pairs", "16",
@@ -158,11 +159,12 @@ def test_whole_pipeline_on_a_tiny_model(tiny_model, mirror, tmp_path):
                                      "eval_aligned", "report", "total"}
     assert (out / "aligned" / "config.json").is_file() and (out / "report" / "report.md").is_file()
     got = {(r["family"], r["language"]): r for r in saved["gains"]}
-    assert set(got) == {("toxicity", "en"), ("paradetox", "de")} or set(got) == {
-        ("safespace_toxicity", "en"), ("safespace_paradetox", "de")}, set(got)
+    assert set(got) == {("toxicity", "en"), ("paradetox", "de")}, set(got)
     for row in got.values():
         auroc = row["probe_auroc"]
         assert auroc["gain"] == pytest.approx(auroc["aligned"] - auroc["base"], abs=1e-9)
         lo, hi = auroc["ci"]
         assert lo <= hi
     assert result["gains"] == saved["gains"]
+    # the same texts in both runs, so the report paired them
+    assert all(r["probe_auroc"]["method"] and "paired" in r["probe_auroc"]["method"] for r in got.values()), got
