@@ -195,3 +195,62 @@ def test_prompt_mode_with_chat_template_scores_only_the_request_tokens(tiny_mode
     n_req = len(lm.tokenizer(req, add_special_tokens=False)["input_ids"])
     assert chat.count == n_req == raw.count  # the template's tokens are not scored
     assert not np.allclose(chat.sites["mlp"].mean, raw.sites["mlp"].mean)  # but the template is context
+
+
+def test_regenerating_the_units_configs_changes_nothing(tmp_path):
+    import filecmp
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen", repo / "task_configs" / "_generate_configs.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    gen.main(tmp_path)
+    for family in gen.SINGLE_TASK_FAMILIES:
+        made = sorted(p.name for p in (tmp_path / family).glob("*.yaml"))
+        assert made == sorted(p.name for p in (repo / "task_configs" / family).glob("*.yaml"))
+        _, mismatch, errors = filecmp.cmpfiles(tmp_path / family, repo / "task_configs" / family, made, shallow=False)
+        assert not mismatch and not errors
+
+
+def _fake_stats(rng, count: int) -> UnitStatistics:
+    return UnitStatistics({site: RunningStats.of(rng.normal(size=(count, 2, width)))
+                           for site, width in (("mlp", 6), ("attn", 4))})
+
+
+def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
+    """Two processes' accumulators (pickled, as lm-eval gathers them) merge to the one-process numbers."""
+    import pickle
+
+    from safespace_tasks import task_manager
+    from safespace_tasks.harness.units_task import _RankStats
+    from safespace_tasks.units import UnitsError
+
+    meta = {"data_dir": str(mirror), "n_samples": 2, "languages": "en"}
+    task = task_manager(metadata=meta).load(["safespace-units"])["tasks"]["safespace-units"]
+    docs = list(task.test_docs())
+    rng = np.random.default_rng(0)
+    per_doc = [_fake_stats(rng, 3 + i) for i in range(len(docs))]
+    whole = _RankStats()
+    ranks = [_RankStats(), _RankStats()]
+    items = []
+    for i, (doc, st) in enumerate(zip(docs, per_doc)):
+        group = (doc["language"], doc["half"])
+        whole.add(group, doc["id"], st)
+        ranks[i % 2].add(group, doc["id"], st)
+        items.append((i % 2, doc))
+    ranks[0].layout = whole.layout = {"layout": None}
+    shipped = pickle.loads(pickle.dumps(ranks))
+    from safespace_tasks.harness.corpus import Item
+
+    gathered = [Item(d["id"], response=shipped[r], language=d["language"]) for r, d in items]
+    merged, _ = task._merged(gathered)
+    assert set(merged) == set(whole.stats)
+    for group, st in whole.stats.items():
+        for site in ("mlp", "attn"):
+            np.testing.assert_allclose(merged[group].sites[site].m2, st.sites[site].m2, rtol=1e-12)
+            assert merged[group].sites[site].count == st.sites[site].count
+    assert sum(m.n_docs for m in merged.values()) == len(docs)
+    ranks[1].add((docs[0]["language"], docs[0]["half"]), docs[0]["id"], per_doc[0])  # the same doc on both ranks
+    with pytest.raises(UnitsError, match="two processes"):
+        task._merged([Item(d["id"], response=ranks[r], language=d["language"]) for r, d in items])
