@@ -15,7 +15,7 @@ from dataclasses import dataclass
 __all__ = [
     "MetricSpec", "METRICS", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
-    "SCORER_QUALITY_METRICS", "FAMILIES",
+    "SCORER_QUALITY_METRICS", "FAMILIES", "UNITS_LANGUAGES", "units_metric_applies",
 ]
 
 # How a task turns its per-doc values into the language's number:
@@ -63,7 +63,7 @@ METRICS: tuple[MetricSpec, ...] = (
     # pairs (safespace_tasks.metrics.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
-    MetricSpec("n_truncated", False, "texts truncated", "count", _SEP, family_mean=False),
+    MetricSpec("n_truncated", False, "texts truncated", "count", _SEP + ("units",), family_mean=False),
     # likelihood preference (one indicator per pair, averaged by lm-eval)
     MetricSpec("likelihood_preference", True, "likelihood preference", "fraction", ("detoxpref",), aggregation=MEAN),
     MetricSpec("likelihood_preference_raw", True, "likelihood preference raw", "fraction", ("detoxpref",),
@@ -105,6 +105,71 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("scorer_indomain_auroc", True, "scorer indomain auroc", "AUROC", _GEN,
                _SCORER_NOTE.format(what="AUROC on the task's own labelled texts")),
 )
+
+
+# safety units (safespace_tasks.harness.units_task over safespace_tasks.units): one task per model, so
+# no family mean. MultiJail's languages in its order (the same tuple as safespace_tasks.data).
+UNITS_LANGUAGES: tuple[str, ...] = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+_U = ("units",)
+
+
+def _units_rows() -> tuple[MetricSpec, ...]:
+    rows = []
+    for cls, what in (("ru", "redundant"), ("scu", "safety-critical"), ("ucu", "utility-critical"), ("cu", "complex")):
+        rows += [
+            MetricSpec(f"{cls}_param_share", True, f"{cls.upper()} parameter share", "fraction", _U,
+                       f"share of the unit parameters classified {what} (safety set vs utility set)", family_mean=False),
+            MetricSpec(f"{cls}_unit_share", True, f"{cls.upper()} unit share", "fraction", _U,
+                       f"share of the units (neurons and heads) classified {what}", family_mean=False),
+            MetricSpec(f"{cls}_share_mlp", True, f"{cls.upper()} share of MLP neurons", "fraction", _U, family_mean=False),
+            MetricSpec(f"{cls}_share_attn", True, f"{cls.upper()} share of heads", "fraction", _U, family_mean=False),
+        ]
+    rows += [
+        MetricSpec("safety_profile_mean", True, "safety specialisation", "log ratio", _U,
+                   "mean over layers of the mean log(WIFV_safety / WIFV_utility) of the layer's units", family_mean=False),
+        MetricSpec("split_half_safety", True, "split-half SCU Jaccard (safety set)", "Jaccard", _U,
+                   "SCUs of two random halves of the safety set, each against the whole utility set", family_mean=False),
+        MetricSpec("split_half_random_safety", False, "random-set Jaccard (safety halves)", "Jaccard", _U,
+                   "expected Jaccard of random unit sets of the two halves' SCU sizes", family_mean=False),
+        MetricSpec("split_half_en", True, "split-half SCU Jaccard (MultiJail en)", "Jaccard", _U,
+                   "SCUs of two random halves of the English MultiJail requests", family_mean=False),
+        MetricSpec("split_half_random_en", False, "random-set Jaccard (MultiJail en halves)", "Jaccard", _U,
+                   family_mean=False),
+        MetricSpec("n_units", False, "units", "count", _U, family_mean=False),
+        MetricSpec("n_scu", False, "safety-critical units", "count", _U, family_mean=False),
+    ]
+    for lang in UNITS_LANGUAGES:
+        rows += [
+            MetricSpec(f"jaccard_safety_{lang}", True, f"SCU Jaccard safety set / {lang}", "Jaccard", _U,
+                       f"SCUs of the refusal set vs SCUs of the MultiJail {lang} requests", family_mean=False),
+            MetricSpec(f"jaccard_random_safety_{lang}", False, f"random-set Jaccard safety set / {lang}", "Jaccard", _U,
+                       family_mean=False),
+        ]
+    for i, a in enumerate(UNITS_LANGUAGES):
+        for b in UNITS_LANGUAGES[i + 1:]:
+            rows += [
+                MetricSpec(f"jaccard_{a}_{b}", True, f"SCU Jaccard {a} / {b}", "Jaccard", _U,
+                           f"SCUs of the MultiJail {a} requests vs those of the {b} requests", family_mean=False),
+                MetricSpec(f"jaccard_random_{a}_{b}", False, f"random-set Jaccard {a} / {b}", "Jaccard", _U,
+                           family_mean=False),
+            ]
+    return tuple(rows)
+
+
+METRICS = METRICS + _units_rows()
+
+
+def units_metric_applies(metric: str, languages) -> bool:
+    """Whether a units metric is reported for a run over ``languages`` (pairs and per-language
+    numbers only for the languages chosen, the English split half only with English)."""
+    langs = set(languages)
+    if metric.startswith("jaccard_"):
+        named = [p for p in metric.split("_")[1:] if p in UNITS_LANGUAGES]
+        return all(p in langs for p in named)
+    if metric in ("split_half_en", "split_half_random_en"):
+        return "en" in langs
+    return True
+
 
 _BY_NAME = {m.name: m for m in METRICS}
 if len(_BY_NAME) != len(METRICS):  # pragma: no cover - a table edit error

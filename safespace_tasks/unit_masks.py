@@ -301,12 +301,18 @@ def write_pruned_checkpoint(src: str | Path, mask_path: str | Path, out: str | P
 STATS_FORMAT = "safespace-unit-stats/1"
 
 
-def save_unit_stats(path: str | Path, sets: dict[str, "UnitStatistics"], layout: UnitLayout, metadata: dict[str, Any]) -> Path:
+def save_unit_stats(path: str | Path, sets: dict[str, "UnitStatistics"], layout: UnitLayout, metadata: dict[str, Any],
+                    extra: dict[str, np.ndarray] | None = None) -> Path:
     """One safetensors file: per set and site the count, mean and M2 (float64), the layout's
-    weight norms, and JSON metadata (layout, fingerprint, data, settings)."""
+    weight norms, and JSON metadata (layout, fingerprint, data, settings). ``extra``: further
+    arrays stored as they are (names starting ``arrays.``; :func:`load_unit_stats` leaves them)."""
     from safetensors.numpy import save_file
 
     tensors = {"layout.mlp_out_sq_norm": layout.mlp_out_sq_norm, "layout.attn_out_sq_norm": layout.attn_out_sq_norm}
+    for name, array in (extra or {}).items():
+        if not name.startswith("arrays."):
+            raise MaskError(f"extra array {name!r} must be named 'arrays.<name>' (the other names are the statistics').")
+        tensors[name] = np.ascontiguousarray(array)
     docs = {}
     for set_name, stats in sets.items():
         docs[set_name] = {"n_docs": stats.n_docs, "n_tokens": stats.n_tokens, "truncated": stats.truncated}

@@ -5,6 +5,8 @@
         and a utility set (Alpaca seed tasks, response tokens), both through the chat template:
         DIR/unit_stats.safetensors
     safespace units mask --stats DIR/unit_stats.safetensors --out mask.safetensors [--ru --scu --ucu]
+    safespace units mask --from-run RESULTS_DIR --out mask.safetensors [--safety-set mj_th]
+        the same from a finished ``safespace-eval --tasks safespace_units`` run
         classes RU/SCU/UCU/CU with their parameter and unit shares (JSON on stdout, beside the mask)
     safespace units prune --model PATH --mask mask.safetensors --out DIR [--classes SCU] [--compensate]
         an ordinary model folder with the chosen classes zeroed, loadable by ``--model hf``
@@ -36,7 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sp.add_argument("--dtype", default="float32")
 
     mp = sub.add_parser("mask", help="classify units from a statistics file and write the mask")
-    mp.add_argument("--stats", required=True, help="unit_stats.safetensors written by `units stats`")
+    src = mp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--stats", help="unit_stats.safetensors written by `units stats`")
+    src.add_argument("--from-run", dest="from_run", metavar="DIR",
+                     help="a finished `safespace-eval --tasks safespace_units --output_path DIR` run (its newest "
+                          "safespace_units_*.safetensors under DIR)")
+    mp.add_argument("--safety-set", dest="safety_set", default="safety",
+                    help="the set scored against the utility set: 'safety' (refusals, default) or a run's "
+                         "MultiJail language, e.g. mj_th")
     mp.add_argument("--out", required=True, help="mask file to write (.safetensors); a .json summary goes beside it")
     mp.add_argument("--ru", type=float, default=0.10, help="redundant share of unit parameters (default 0.10)")
     mp.add_argument("--scu", type=float, default=0.01, help="safety-critical share (default 0.01)")
@@ -131,15 +140,36 @@ def stats_main(args) -> int:
     return 0
 
 
+def run_stats_file(folder: str | Path) -> Path:
+    """The newest ``safespace_units_*.safetensors`` under a results folder (searched recursively)."""
+    from safespace_tasks.unit_masks import MaskError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MaskError(f"--from-run {folder}: no such folder; pass the --output_path of a safespace_units run.")
+    found = sorted(folder.rglob("safespace_units_*.safetensors"), key=lambda p: (p.stat().st_mtime, str(p)))
+    if not found:
+        raise MaskError(f"--from-run {folder}: no safespace_units_*.safetensors below it; was the run "
+                        "`safespace-eval --tasks safespace_units --output_path ...`?")
+    if len(found) > 1:
+        print(f"safespace units mask: {len(found)} unit files under {folder}; using the newest, {found[-1]}", file=sys.stderr)
+    return found[-1]
+
+
 def mask_main(args) -> int:
-    from safespace_tasks.unit_masks import UnitMask, load_unit_stats, save_mask
+    from safespace_tasks.unit_masks import MaskError, UnitMask, load_unit_stats, save_mask
     from safespace_tasks.units import ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids, classify, unit_scores
 
+    if args.from_run:
+        args.stats = str(run_stats_file(args.from_run))
     sets, layout, info = load_unit_stats(args.stats)
+    if args.safety_set not in sets or "utility" not in sets:
+        raise MaskError(f"{args.stats} has no set {args.safety_set!r} (or no utility set); it holds {', '.join(sorted(sets))}.")
     settings = ClassSettings(ru=args.ru, scu=args.scu, ucu=args.ucu)
-    res = analyse(sets["safety"], sets["utility"], layout, settings)
+    res = analyse(sets[args.safety_set], sets["utility"], layout, settings)
     summary = {k: v for k, v in res.items() if k != "arrays"}
-    if "safety_half0" in sets:
+    summary["safety_set"] = args.safety_set
+    if args.safety_set == "safety" and "safety_half0" in sets:
         z_u = unit_scores(sets["utility"], layout)
         params = layout.unit_params()
         halves = [scu_ids(classify(unit_scores(sets[f"safety_half{h}"], layout), z_u, params, settings)) for h in (0, 1)]
@@ -147,7 +177,7 @@ def mask_main(args) -> int:
                                      "expected_random": expected_random_jaccard(layout.n_units, len(halves[0]), len(halves[1]))}
     meta = {"model_fingerprint": info.get("model_fingerprint"), "model": info.get("model"), "data": info.get("data"),
             "shares": {"ru": args.ru, "scu": args.scu, "ucu": args.ucu}, "settings": res["settings"],
-            "chat_template": info.get("chat_template"), "stats_file": str(args.stats)}
+            "chat_template": info.get("chat_template"), "stats_file": str(args.stats), "safety_set": args.safety_set}
     mask = UnitMask.from_labels(res["arrays"]["labels"], layout, meta)
     out = save_mask(mask, args.out)
     summary["mask"] = str(out)

@@ -268,6 +268,9 @@ DEFAULT_UNIT_OPTIONS: dict[str, Any] = {
     "sites": ("mlp", "attn"),
     "tokens": "response",  # score the continuation's tokens; "prompt": the context's (no continuation needed)
     "padding_side": "left",
+    # the context is a user request: wrap it in the tokenizer's chat template (with the generation
+    # prompt); a tokenizer without one gets ``context + "\n"`` (``unit_layout`` reports which)
+    "chat_template": False,
 }
 
 
@@ -285,7 +288,22 @@ def normalize_unit_options(options: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"tokens must be one of {UNIT_TOKENS}; got {opts['tokens']!r}.")
     if opts["padding_side"] not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right'; got {opts['padding_side']!r}.")
+    if not isinstance(opts["chat_template"], bool):
+        raise ValueError(f"chat_template must be true or false; got {opts['chat_template']!r}.")
     return opts
+
+
+def has_chat_template(lm: HFLM) -> bool:
+    return bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
+
+
+def _as_request(lm: HFLM, context: str, opts: dict[str, Any]) -> str:
+    """The context as the model sees it: chat-formatted when asked and the tokenizer has a template."""
+    if not opts["chat_template"]:
+        return context
+    if has_chat_template(lm):
+        return lm.apply_chat_template([{"role": "user", "content": context}], add_generation_prompt=True)
+    return context + "\n"
 
 
 def _unit_tokens(lm: HFLM, req, context: str, continuation: str, opts: dict[str, Any], max_len: int):
@@ -294,9 +312,22 @@ def _unit_tokens(lm: HFLM, req, context: str, continuation: str, opts: dict[str,
     ``response``: context and continuation are encoded as lm-eval encodes a loglikelihood pair
     and only the continuation's tokens are scored; ``prompt``: the context alone, every token
     scored except a leading BOS (an attention sink whose activations are outliers, not content).
-    Too long: tokens are cut from the left, so the scored end survives.
+    Too long: tokens are cut from the left, so the scored end survives. ``chat_template``: the
+    context is formatted first (:func:`_as_request`); in ``prompt`` mode only the request's own
+    tokens are then scored: the template's text before them is context (not scored) and its text
+    after them (end of turn, generation prompt) is dropped (under causal attention it cannot change
+    the request's activations), so the template tokens, the same in every language, never count.
     """
-    if opts["tokens"] == "response":
+    raw = context
+    context = _as_request(lm, context, opts)
+    if opts["tokens"] == "prompt" and context != raw and raw and raw in context:
+        pos = context.rindex(raw)
+        prefix = list(lm.tok_encode(context[:pos]))
+        toks = list(lm.tok_encode(context[: pos + len(raw)]))
+        start = len(prefix) if toks[: len(prefix)] == prefix else len(prefix) - 1  # a merge across the seam
+        if len(toks) - start <= 0:
+            raise ValueError(f"{req.task_name} doc {req.doc_id}: the prompt has no tokens to score.")
+    elif opts["tokens"] == "response":
         if not continuation:
             raise ValueError(
                 f"{req.task_name} doc {req.doc_id}: the request has no response tokens to score (empty "
@@ -383,6 +414,34 @@ def unit_statistics(self: HFLM, requests, disable_tqdm: bool = False) -> list[Un
     return results  # type: ignore[return-value]
 
 
+UNIT_LAYOUT_REQUEST_TYPE = "unit_layout"
+
+
+def unit_layout_request(self: HFLM, requests, disable_tqdm: bool = False) -> list[dict[str, Any]]:
+    """Serve ``unit_layout`` requests (``args = (options,)``, options empty): what the unit scores
+    need from the weights, computed once per call and shared by every request of it:
+    ``layout`` (:class:`~safespace_tasks.units.UnitLayout`: shapes, squared outgoing-weight norms,
+    parameter weights), ``fingerprint`` (the mask files' model fingerprint) and ``chat_template``
+    (whether the tokenizer has one). Numbers only: no tensor and no model handle leave the backend.
+    """
+    if not requests:
+        return []
+    from safespace_tasks.capture import unit_layout
+    from safespace_tasks.unit_masks import weights_fingerprint
+
+    for req in requests:
+        if any(req.args):
+            raise ValueError(f"{req.task_name}: unit_layout takes no options; got {req.args!r}.")
+    try:
+        parts = find_decoder_parts(self.model)
+        layout = unit_layout(self.model, parts)
+    except CaptureError as err:
+        raise CaptureError(f"{err} Model: {type(self.model).__name__}.") from err
+    answer = {"layout": layout, "fingerprint": weights_fingerprint(self.model), "chat_template": has_chat_template(self),
+              "model": str(getattr(getattr(self.model, "config", None), "_name_or_path", ""))}
+    return [answer for _ in requests]
+
+
 def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, exactly as ``lm.tok_encode(text)`` returns them.
 
@@ -449,6 +508,7 @@ class SafespaceHFLM(HFLM):
 
     pooled_hidden_states = pooled_hidden_states
     unit_statistics = unit_statistics
+    unit_layout = unit_layout_request
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -472,3 +532,7 @@ def install() -> None:
         setattr(LM, UNIT_REQUEST_TYPE, _unsupported_units)
     if getattr(HFLM, UNIT_REQUEST_TYPE, None) in (None, _unsupported_units):
         setattr(HFLM, UNIT_REQUEST_TYPE, unit_statistics)
+    if not hasattr(LM, UNIT_LAYOUT_REQUEST_TYPE):
+        setattr(LM, UNIT_LAYOUT_REQUEST_TYPE, _unsupported_units)
+    if getattr(HFLM, UNIT_LAYOUT_REQUEST_TYPE, None) in (None, _unsupported_units):
+        setattr(HFLM, UNIT_LAYOUT_REQUEST_TYPE, unit_layout_request)

@@ -87,6 +87,9 @@ def write_pending_states(folder: Path, date_id: str | None, task_names, model_in
             bundle.meta["model"] = model_info
         written.append(save_states(bundle, folder, date_id))
         details[name] = bundle.meta
+    from safespace_tasks.harness.units_task import write_pending_units
+
+    written += write_pending_units(folder, date_id, task_names, model_info)
     if details:
         path = Path(folder) / f"safespace_details{'_' + date_id if date_id else ''}.json"
         path.write_text(json.dumps(details, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
