@@ -46,7 +46,7 @@ def test_settings_parse_the_documented_forms():
         ({"strict": "ture"}, ["strict='ture'", "true or false"]),
         ({"strict": 1}, ["strict=1", "true or false"]),
         ({"ridge": -1}, ["ridge=-1", ">= 0, a number (or null)"]),
-        ({"layers": "abc"}, ["layers='abc'", "an integer or a list of integers"]),
+        ({"layers": "abc"}, ["'layers' = 'abc'", "neither 'all', an integer nor a range"]),
         ({"ci_level": 1.5}, ["ci_level=1.5", "must lie in (0, 1)"]),
         ({"pooling": "max"}, ["pooling='max'", "'last', 'mean'"]),
         ({"bootstrap_iters": -3}, ["bootstrap_iters=-3", ">= 0, an integer"]),
