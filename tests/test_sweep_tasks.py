@@ -148,18 +148,25 @@ def test_layers_all_equals_single_layer_runs(sweep_runs):
     assert "probe_auroc_best" not in sweep_runs["final"][0] and "probe_auroc_best,none" not in sweep_runs["final"][0]
 
 
-def test_transfer_task_equals_transfer_matrix_on_its_saved_states(tiny_model, mirror, tmp_path):
+@pytest.fixture(scope="module")
+def transfer_run(tiny_model, mirror, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("transfer")
     meta = {"data_dir": str(mirror), "bootstrap_iters": 40, "layers": "1:", "targets": ["en", "de", "am"]}
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "SAFESPACE_DATA_DIR": str(mirror)}
     proc = subprocess.run(
         [str(BIN / "safespace-eval"), "--model", "hf", "--model_args", f"pretrained={tiny_model},dtype=float32",
-         "--device", "cpu", "--tasks", "safespace_transfer", "--limit", "16", "--batch_size", "8",
+         "--device", "cpu", "--tasks", "safespace_transfer,safespace-toxicity-de", "--limit", "16", "--batch_size", "8",
          "--output_path", str(tmp_path), "--metadata", json.dumps(meta)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     files = glob.glob(str(tmp_path / "*" / "results_*.json"))
     assert len(files) == 1
+    return Path(files[0])
+
+
+def test_transfer_task_equals_transfer_matrix_on_its_saved_states(transfer_run):
+    files = [str(transfer_run)]
     row = json.loads(Path(files[0]).read_text())["results"]["safespace_transfer"]
     folder = Path(files[0]).parent
     b = load_states(next(folder.glob("safespace_states_safespace_transfer_*.npz")))
@@ -186,3 +193,29 @@ def test_transfer_task_equals_transfer_matrix_on_its_saved_states(tiny_model, mi
         want = m.cell(cell["source"], cell["target"], cell["layer"])
         assert cell["transfer_auroc"]["value"] == pytest.approx(want["transfer_auroc"].value, rel=1e-12)
         assert cell["transfer_auroc"]["ci"] == pytest.approx(list(want["transfer_auroc"].ci), rel=1e-12)
+
+
+def test_report_shows_the_matrix_the_sweep_and_the_gain(transfer_run, tmp_path):
+    import shutil
+
+    from safespace_tasks.report import build_report
+
+    run_a = transfer_run.parent
+    run_b = tmp_path / "copy" / run_a.name
+    shutil.copytree(run_a, run_b)
+    res = build_report([run_a, run_b], tmp_path / "rep", labels={run_a: "base", run_b: "aligned"}, base="base",
+                       aligned=["aligned"], progress=False)
+    md = res.markdown.read_text()
+    assert "Cross-lingual transfer" in md and "**Transfer from en**" in md
+    assert "Alignment gain in transfer AUROC from en" in md
+    assert "| de | " in md and "+0.000" in md  # the same run twice: every gain is exactly 0
+    assert res.images["transfer_base"].exists() and res.images["transfer_gain_aligned_vs_base_en"].exists()
+    assert res.images["toxicity_layers_probe_auroc_base"].exists()  # every language of the run on one plot
+    summary = json.loads(res.summary.read_text())
+    results = json.loads(transfer_run.read_text())["results"]["safespace-toxicity-de"]
+    arrays = summary["layer_arrays"]["base"]["toxicity"]["probe_auroc"]
+    assert arrays["layers"] == [1, 2] and arrays["n_layers"] == 2
+    assert arrays["languages"]["de"] == [results["probe_auroc,none"], results["probe_auroc_layer2,none"]]
+    cells = summary["transfer"]["base"]["cells"]
+    assert {(c["layer"], c["target"]) for c in cells} == {(l, t) for l in (1, 2) for t in ("en", "de", "am")}
+    assert "probe_auroc_best" not in md.split("Family: toxicity")[1].split("separation per layer")[0]
