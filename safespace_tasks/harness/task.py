@@ -260,6 +260,15 @@ class HiddenSpaceTask(CorpusTask):
                 )
             return
         spec = self.settings.layers
+        if self.settings.plain_layers:
+            # indices as written: the names are known already; the depth only where an index counts from the end
+            depth = None
+            for item, idx in zip(spec, layers):
+                if item < 0 <= idx:
+                    depth = idx - item - 1
+            self._resolved = (layers, self.settings.metric_suffixes(), depth)
+            self._add_metric_names()
+            return
         depth = SWEEP_DEPTH.get(self.config.task)
         exact = depth is not None
         if depth is None:  # responses from a cache: find the depth the indices fit (exact when only one does)
@@ -283,6 +292,9 @@ class HiddenSpaceTask(CorpusTask):
                              f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
         suffixes = [""] + [f"_layer{label}" for label in labels[1:]]
         self._resolved = (layers, suffixes, depth if exact else None)
+        self._add_metric_names()
+
+    def _add_metric_names(self) -> None:
         self._metric_names = self.metric_names()
         for m in self._metric_names:
             if m not in self._aggregators:
