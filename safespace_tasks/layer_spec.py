@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label"]
+__all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label", "normalize_spec", "is_plain", "resolve_spec"]
 
 ALLOWED_FORMS = (
     "'all'; an integer index such as 5 or -1 (-1 = final layer after the norm); a range 'a:b' or 'a:b:step' "
@@ -153,3 +153,97 @@ def layer_label(index: int, n_layers: int) -> str:
     if index == n_layers:
         return "final (after norm)"
     return f"block {index}"
+
+
+# --------------------------------------------------------------------------- the setting before the model is known
+
+# A stand-in depth for checking a setting's syntax before any model is loaded (no real model has as many).
+_SYNTAX_DEPTH = 10**6
+
+
+def normalize_spec(value: Any, *, key: str = "layers") -> tuple[int | str, ...]:
+    """The ``layers`` setting as a flat tuple of entries (ints, and strings for ``all`` and ranges),
+    checked for syntax without a model: ``"0,8,-1"`` -> ``(0, 8, -1)``, ``[-1, "0:12"]`` -> ``(-1, "0:12")``.
+
+    What needs the model's depth (an index or a bound out of range) is checked when the depth is
+    known (:func:`resolve_spec`). Raises :class:`LayerSpecError`.
+    """
+    if value is None:
+        raise _fail(key, value, "no layer given")
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+        if not items:
+            raise _fail(key, value, "the list is empty")
+    else:
+        items = [value]
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            raise _fail(key, value, f"nested list {item!r}; give one flat list")
+        if isinstance(item, (bool, np.bool_)):
+            raise _fail(key, value, f"{item!r} is a boolean, not a layer")
+        if isinstance(item, (int, np.integer)):
+            out.append(int(item))
+            continue
+        if isinstance(item, float):
+            raise _fail(key, value, f"{item!r} is a float; layer indices are integers")
+        if not isinstance(item, str):
+            raise _fail(key, value, f"an entry of type {type(item).__name__} is not a layer")
+        text = re.sub(r"\s*:\s*", ":", item.strip())
+        if not text:
+            raise _fail(key, value, "an empty entry names no layer")
+        for piece in (p for p in re.split(r"[,\s]+", text) if p):
+            if _INT.match(piece):
+                out.append(int(piece))
+            elif piece.lower() == "all":
+                out.append("all")
+            elif ":" in piece:
+                _check_range_syntax(piece, key, value)
+                out.append(piece)
+            else:
+                raise _fail(key, value, f"{piece!r} is neither 'all', an integer nor a range")
+    return tuple(out)
+
+
+def _check_range_syntax(text: str, key: str, value: Any) -> None:
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise _fail(key, value, f"range {text!r} has more than two ':'")
+    bounds = []
+    for p in parts:
+        if p.strip() and not _INT.match(p.strip()):
+            raise _fail(key, value, f"range {text!r} holds {p.strip()!r}, which is not an integer")
+        bounds.append(int(p) if p.strip() else None)
+    if len(parts) == 3 and bounds[2] is not None and bounds[2] < 1:
+        raise _fail(key, value, f"range {text!r} has step {bounds[2]}; the step must be a positive integer")
+    start, stop = bounds[0], bounds[1]
+    # empty whatever the depth: both bounds on the same side of zero and stop <= start
+    if start is not None and stop is not None and (start >= 0) == (stop >= 0) and stop <= start:
+        raise _fail(key, value, f"range {text!r} selects no hidden state (the end is excluded: it stops before {stop})")
+
+
+def is_plain(spec: tuple[int | str, ...]) -> bool:
+    """True when the setting names integer indices only (no ``all``, no range)."""
+    return all(isinstance(x, int) for x in spec)
+
+
+def resolve_spec(spec: Any, n_layers: int, *, key: str = "layers") -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Absolute indices in the order the setting names them, and each one's metric-name label.
+
+    Entries are resolved one by one (:func:`parse_layers`): an integer gives its index, ``all`` and a
+    range their indices in ascending order; an index named again is dropped (its first mention
+    counts). The label is the index as written for an integer entry (``-1`` stays ``"-1"``, as the
+    metric suffix ``_layer-1`` has always been) and the absolute index for ``all`` and ranges.
+    So ``[-1, "all"]`` with L = 30 gives ``(30, 0, 1, ..., 29)`` and labels ``("-1", "0", ..., "29")``.
+    """
+    items = normalize_spec(spec, key=key)
+    indices: list[int] = []
+    labels: list[str] = []
+    for item in items:
+        resolved = parse_layers(item, n_layers, key=key)
+        for idx in resolved:
+            if idx in indices:
+                continue
+            indices.append(idx)
+            labels.append(str(item) if isinstance(item, int) else str(idx))
+    return tuple(indices), tuple(labels)

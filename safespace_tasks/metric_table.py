@@ -15,7 +15,8 @@ from dataclasses import dataclass
 __all__ = [
     "MetricSpec", "METRICS", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
-    "SCORER_QUALITY_METRICS", "FAMILIES", "UNITS_LANGUAGES", "units_metric_applies",
+    "SCORER_QUALITY_METRICS", "FAMILIES", "PEAK_SUFFIXES", "TRANSFER_METRICS", "UNITS_LANGUAGES",
+    "units_metric_applies",
 ]
 
 # How a task turns its per-doc values into the language's number:
@@ -32,6 +33,10 @@ class MetricSpec:
     family_mean: the family row (the lm-eval group) averages it over the languages (unweighted).
     per_layer: reported once per requested layer (``<name>_layer<i>`` beyond the first).
     aggregation: :data:`CORPUS` or :data:`MEAN` (see above).
+    per_language: the name carries languages after it (``<name>_<source>_<target>`` or
+        ``<name>_<target>``, then the layer suffix): the transfer task's metrics.
+    sweep_only: reported only when a task reads two or more layers (the peak summary); not in
+        :func:`family_metrics`, the task adds it once the layers are known.
     """
 
     name: str
@@ -43,6 +48,8 @@ class MetricSpec:
     family_mean: bool = True
     per_layer: bool = False
     aggregation: str = CORPUS
+    per_language: bool = False
+    sweep_only: bool = False
 
 
 _SEP = ("toxicity", "paradetox")
@@ -105,6 +112,58 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("scorer_indomain_auroc", True, "scorer indomain auroc", "AUROC", _GEN,
                _SCORER_NOTE.format(what="AUROC on the task's own labelled texts")),
 )
+
+
+def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
+    """The peak summary of each per-layer metric, reported when a task reads two or more layers."""
+    out = []
+    for m in rows:
+        if not m.per_layer:
+            continue
+        out += [
+            MetricSpec(f"{m.name}_best", m.higher_is_better, f"{m.title}, best layer's value", m.unit, m.families,
+                       f"{m.title} at the layer where it is best (the maximum over the requested layers; "
+                       "optimistic: the maximum of noisy values)", family_mean=False, sweep_only=True),
+            MetricSpec(f"{m.name}_best_layer", False, f"{m.title}, best layer", "layer index", m.families,
+                       "hidden-state index (0 = embeddings) where the metric is best; ties go to the shallowest",
+                       family_mean=False, sweep_only=True),
+            MetricSpec(f"{m.name}_final", m.higher_is_better, f"{m.title}, final layer", m.unit, m.families,
+                       f"{m.title} at the model's final layer (after the norm); NaN when the sweep does not read it",
+                       family_mean=False, sweep_only=True),
+        ]
+    return tuple(out)
+
+
+_TRANSFER = ("transfer",)
+METRICS = METRICS + _peak_rows(METRICS) + (
+    # cross-lingual transfer (safespace_tasks.transfer.transfer_matrix), one task holding every language
+    MetricSpec("transfer_auroc", True, "transfer AUROC", "AUROC", _TRANSFER,
+               "AUROC of the source language's probe on the target's texts (0.5 = chance)", family_mean=False,
+               per_layer=True, per_language=True),
+    MetricSpec("transfer_direction_auroc", True, "transfer mean-difference AUROC", "AUROC", _TRANSFER,
+               "AUROC of the source's mean-difference direction on the target's texts", family_mean=False,
+               per_layer=True, per_language=True),
+    MetricSpec("transfer_own_auroc", True, "own probe AUROC", "AUROC", _TRANSFER,
+               "the target's own cross-validated probe AUROC", family_mean=False, per_layer=True, per_language=True),
+    MetricSpec("transfer_ratio", True, "transfer ratio", "ratio", _TRANSFER,
+               "transfer AUROC / own AUROC", family_mean=False, per_layer=True, per_language=True),
+    MetricSpec("transfer_ratio_above_chance", True, "transfer ratio above chance", "ratio", _TRANSFER,
+               "(transfer AUROC - 0.5) / (own AUROC - 0.5); NaN when own <= 0.5", family_mean=False, per_layer=True,
+               per_language=True),
+    MetricSpec("transfer_cosine", True, "direction cosine", "cosine", _TRANSFER,
+               "cosine between the source's and the target's mean-difference directions", family_mean=False,
+               per_layer=True, per_language=True),
+    MetricSpec("n_truncated", False, "texts truncated", "count", _TRANSFER, family_mean=False),
+)
+# n_truncated appears twice (separation families and transfer): merge its families into one row
+_merged: dict[str, MetricSpec] = {}
+for _m in METRICS:
+    if _m.name in _merged:
+        old = _merged[_m.name]
+        _merged[_m.name] = MetricSpec(**{**old.__dict__, "families": tuple(dict.fromkeys(old.families + _m.families))})
+    else:
+        _merged[_m.name] = _m
+METRICS = tuple(_merged.values())
 
 
 # safety units (safespace_tasks.harness.units_task over safespace_tasks.units): one task per model, so
@@ -185,18 +244,31 @@ class UnknownMetricError(KeyError):
         return str(self.args[0]) if self.args else "unknown metric"
 
 
+_LANG_ROWS = sorted((m.name for m in METRICS if m.per_language), key=len, reverse=True)
+
+
 def base_name(metric: str) -> str:
-    """``bcv_ratio_layer3`` -> ``bcv_ratio`` (names without a layer suffix are returned as they are)."""
+    """``bcv_ratio_layer3`` -> ``bcv_ratio``, ``transfer_auroc_en_de_layer3`` -> ``transfer_auroc``
+    (names without a layer or language suffix are returned as they are)."""
     base, sep, layer = metric.rpartition("_layer")
-    if sep and base in _BY_NAME and layer.lstrip("-").isdigit():
-        return base
+    if sep and layer.lstrip("-").isdigit():
+        if base in _BY_NAME:
+            return base
+        metric_wo_layer = base
+    else:
+        metric_wo_layer = metric
+    if metric_wo_layer not in _BY_NAME:
+        for name in _LANG_ROWS:  # longest first: transfer_ratio_above_chance before transfer_ratio
+            rest = metric_wo_layer[len(name) + 1:]
+            if metric_wo_layer.startswith(name + "_") and rest and all(p.isalnum() for p in rest.split("_")):
+                return name
     return metric
 
 
 def spec(metric: str) -> MetricSpec:
     """The row of ``metric`` (a layer suffix allowed on per-layer metrics); an error when there is none."""
     row = _BY_NAME.get(base_name(metric))
-    if row is None or (metric != row.name and not row.per_layer):
+    if row is None or (metric != row.name and not (row.per_layer or row.per_language)):
         raise UnknownMetricError(
             f"metric {metric!r} is not in safespace_tasks.metric_table.METRICS; add a row for it "
             "(name, higher_is_better, title, unit, families) beside its function."
@@ -215,7 +287,7 @@ def is_count(metric: str) -> bool:
 
 def family_metrics(family: str) -> tuple[str, ...]:
     """The metrics a family's task reports, in table order."""
-    names = tuple(m.name for m in METRICS if family in m.families)
+    names = tuple(m.name for m in METRICS if family in m.families and not m.sweep_only)
     if not names:
         raise UnknownMetricError(f"no metric of family {family!r} in the metric table; families: {', '.join(FAMILIES)}")
     return names
@@ -228,5 +300,9 @@ def family_mean_metrics(family: str) -> tuple[str, ...]:
 
 # the per-layer metrics of every hidden-space family, and those only pairs have
 SEPARATION_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_layer and set(_SEP) <= set(m.families))
-PAIR_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_layer and m.name not in SEPARATION_METRICS)
+PEAK_SUFFIXES: tuple[str, ...] = ("_best", "_best_layer", "_final")
+TRANSFER_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_language)
+PAIR_METRICS: tuple[str, ...] = tuple(
+    m.name for m in METRICS if m.per_layer and not m.per_language and m.name not in SEPARATION_METRICS
+)
 SCORER_QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.name.startswith("scorer_"))

@@ -46,7 +46,7 @@ def test_settings_parse_the_documented_forms():
         ({"strict": "ture"}, ["strict='ture'", "true or false"]),
         ({"strict": 1}, ["strict=1", "true or false"]),
         ({"ridge": -1}, ["ridge=-1", ">= 0, a number (or null)"]),
-        ({"layers": "abc"}, ["layers='abc'", "an integer or a list of integers"]),
+        ({"layers": "abc"}, ["'layers' = 'abc'", "neither 'all', an integer nor a range"]),
         ({"ci_level": 1.5}, ["ci_level=1.5", "must lie in (0, 1)"]),
         ({"pooling": "max"}, ["pooling='max'", "'last', 'mean'"]),
         ({"bootstrap_iters": -3}, ["bootstrap_iters=-3", ">= 0, an integer"]),
@@ -209,7 +209,8 @@ def test_regenerating_the_task_configs_changes_nothing(tmp_path):
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     gen.main(tmp_path)
-    for family in gen.FAMILIES:
+    assert set(gen.SINGLE_TASKS) == {"transfer"}
+    for family in [*gen.FAMILIES, *gen.SINGLE_TASKS]:
         made = sorted(p.name for p in (tmp_path / family).glob("*.yaml"))
         have = sorted(p.name for p in (REPO / "task_configs" / family).glob("*.yaml"))
         assert made == have, family

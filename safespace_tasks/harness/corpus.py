@@ -59,7 +59,10 @@ def setting(default: Any, *, kind: type | str, minimum: float | None = None, max
             exclusive: bool = False, choices: tuple | None = None, optional: bool = False) -> Any:
     """A settings field with its constraints, read by :func:`parse_settings`.
 
-    kind: ``int``, ``float``, ``bool``, ``str`` or ``"int_list"`` (one int or a list of them).
+    kind: ``int``, ``float``, ``bool``, ``str``, ``"int_list"`` (one int or a list of them),
+    ``"str_list"`` (one string or a list; a string may separate items by commas or spaces) or
+    ``"layers"`` (the forms of :mod:`safespace_tasks.layer_spec`, syntax checked here, resolved
+    against the model's depth later).
     minimum / maximum: inclusive bounds (``exclusive=True``: both bounds exclusive).
     choices: the allowed values (strings). optional: ``null`` is allowed (means "not set").
     """
@@ -72,7 +75,8 @@ def _allowed(f) -> str:
     """What a field accepts, as the end of "<key> ...": ``must be >= 1, an integer``."""
     m = f.metadata
     kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            "int_list": "an integer or a list of integers"}[m["kind"]]
+            "int_list": "an integer or a list of integers", "str_list": "a string or a list of strings",
+            "layers": "'all', a layer index, a range 'a:b' or a list of these"}[m["kind"]]
     lo, hi = m["minimum"], m["maximum"]
     if m["choices"]:
         text = "must be one of " + ", ".join(repr(c) for c in m["choices"])
@@ -140,6 +144,15 @@ def _coerce_field(f, value: Any) -> Any:
             items = [value]
         out = [_as_int(x) for x in items]
         return tuple(out) if out and all(x is not None for x in out) else None
+    if kind == "str_list":
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(x, str) and x.strip() for x in items):
+            return None
+        return tuple(dict.fromkeys(x.strip() for x in items))
+    if kind == "layers":
+        from safespace_tasks.layer_spec import normalize_spec
+
+        return normalize_spec(value)  # raises LayerSpecError (a ValueError) with the allowed forms
     raise TypeError(f"setting kind {kind!r} is not supported")  # pragma: no cover - a declaration error
 
 
@@ -214,7 +227,10 @@ def parse_settings(cls: type["TaskSettings"], metadata: dict[str, Any] | None, *
         if name not in meta or meta[name] is None:  # absent or null: the default
             continue
         value = meta[name]
-        parsed = _coerce_field(f, value)
+        try:
+            parsed = _coerce_field(f, value)
+        except ValueError as err:  # a kind with its own message (layers)
+            raise SettingsError(f"{prefix}{err}") from None
         if parsed is None or not _in_range(f, parsed):
             raise SettingsError(
                 f"{prefix}setting {name}={value!r} is not valid: {name} {_allowed(f)}; "
@@ -544,7 +560,7 @@ def _empty_language_message(task: str, dataset: str, language: str, report: data
 
 # Modules whose CorpusTask subclasses are the families (importing one registers its families).
 FAMILY_MODULES = ("safespace_tasks.harness.task", "safespace_tasks.harness.pairs", "safespace_tasks.harness.behaviour",
-                  "safespace_tasks.harness.units_task")
+                  "safespace_tasks.harness.units_task", "safespace_tasks.harness.transfer_task")
 
 
 def _family_settings() -> dict[str, type[TaskSettings]]:

@@ -24,12 +24,14 @@ from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
+from safespace_tasks.layer_spec import is_plain, resolve_spec
 from safespace_tasks.metrics import SeparationInputError, SeparationResult, separation_metrics
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "TaskAnalysis", "PENDING_STATES", "HIGHER_IS_BETTER"]
+__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "TaskAnalysis", "PENDING_STATES", "HIGHER_IS_BETTER",
+           "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
 
 # Direction of every metric, read from the metric table (kept as a name for older imports).
 HIGHER_IS_BETTER = {m.name: m.higher_is_better for m in mt.METRICS}
@@ -39,13 +41,104 @@ _Aggregator = CorpusAggregator
 # Task name -> states bundle of the latest aggregation, waiting to be written beside the results.
 PENDING_STATES: dict[str, StatesBundle] = {}
 
+# --------------------------------------------------------------------------- layer sweeps
+#
+# A ``layers`` setting of plain indices (``[-1]``, ``[0, 8, -1]``) goes to the model as it is, in a
+# ``pooled_hidden_states`` request. ``all`` and ranges need the model's depth, which only the model
+# side knows: such a task emits ``pooled_hidden_states_layers`` requests instead, whose method (on
+# every lm-eval model class, installed below) resolves the setting against the model's number of
+# decoder blocks and hands plain indices to ``pooled_hidden_states``. The response's
+# ``HiddenState.layers`` then tells the task which indices it got.
+
+SWEEP_REQUEST_TYPE = "pooled_hidden_states_layers"
+# task name -> number of decoder blocks of the model that answered its sweep requests (this process)
+SWEEP_DEPTH: dict[str, int] = {}
+
+
+def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> list[HiddenState]:
+    """``pooled_hidden_states`` for requests whose ``layers`` option is a sweep (``all``, ranges).
+
+    The option is resolved once against the model's depth (:func:`safespace_tasks.layer_spec.resolve_spec`:
+    entries in the order written, each range ascending, an index named twice read once); a setting
+    that does not fit the model (an index or bound out of range) fails here, before any forward pass.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from safespace_tasks.capture import find_decoder_parts
+
+    if not requests:
+        return []
+    model = getattr(self, "model", None)
+    if not isinstance(model, torch.nn.Module):  # a backend without hidden states: its own clear error
+        return self.pooled_hidden_states(requests, disable_tqdm=disable_tqdm)
+    n_layers = find_decoder_parts(model).n_layers
+    resolved = {}
+    plain = []
+    for req in requests:
+        text, options = req.args
+        spec = tuple(options["layers"])
+        if spec not in resolved:
+            resolved[spec] = resolve_spec(spec, n_layers)[0]
+        SWEEP_DEPTH[req.task_name] = n_layers
+        plain.append(replace(req, arguments=(text, {**options, "layers": resolved[spec]})))
+    return self.pooled_hidden_states(plain, disable_tqdm=disable_tqdm)
+
+
+def install_sweep_request() -> None:
+    """Give every lm-eval model class the sweep request type (idempotent)."""
+    from lm_eval.api.model import LM
+
+    if not hasattr(LM, SWEEP_REQUEST_TYPE):
+        setattr(LM, SWEEP_REQUEST_TYPE, pooled_hidden_states_layers)
+
+
+install_sweep_request()
+
+
+def peak_summary(values: dict[str, float], metrics: list[str], layers: list[int], suffixes: list[str],
+                 n_layers: int | None, stderr: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, float], dict]:
+    """Per metric, where over the layers it peaks: ``<m>_best``, ``<m>_best_layer``, ``<m>_final``.
+
+    ``values[m + suffixes[j]]`` is metric m at hidden-state index ``layers[j]``. The best layer is the
+    index of the largest finite value, a tie going to the shallowest; ``<m>_final`` is the value at
+    index ``n_layers`` (the final layer after the norm), NaN when that index was not read or the depth
+    is unknown. Returns (values, stderr, details).
+    """
+    stderr = stderr or {}
+    order = sorted(range(len(layers)), key=lambda j: layers[j])
+    out: dict[str, float] = {}
+    err: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    for m in metrics:
+        vals = np.array([values.get(m + suffixes[j], np.nan) for j in order], dtype=np.float64)
+        idx = [layers[j] for j in order]
+        finite = np.isfinite(vals)
+        best_j = int(np.argmax(np.where(finite, vals, -np.inf))) if finite.any() else None
+        final = float(vals[idx.index(n_layers)]) if n_layers is not None and n_layers in idx else float("nan")
+        out[f"{m}_best"] = float(vals[best_j]) if best_j is not None else float("nan")
+        out[f"{m}_best_layer"] = float(idx[best_j]) if best_j is not None else float("nan")
+        out[f"{m}_final"] = final
+        if best_j is not None and m + suffixes[order[best_j]] in stderr:
+            err[f"{m}_best"] = stderr[m + suffixes[order[best_j]]]
+        if n_layers in idx and m + suffixes[order[idx.index(n_layers)]] in stderr:
+            err[f"{m}_final"] = stderr[m + suffixes[order[idx.index(n_layers)]]]
+        details[m] = {"layers": idx, "values": [None if not np.isfinite(v) else float(v) for v in vals],
+                      "best_layer": None if best_j is None else idx[best_j], "best": out[f"{m}_best"],
+                      "final_layer": n_layers, "final": final}
+    return out, err, details
+
 
 @dataclass(frozen=True)
 class SeparationSettings(TaskSettings):
     """Choices the paper leaves open, as task metadata (override with ``--metadata '{...}'``).
 
-    layers: hidden-state indices to read (0 = embeddings, -1 = final layer after the norm);
-        metrics of the first are reported under plain names, the others as ``<metric>_layer<i>``.
+    layers: hidden-state indices to read (0 = embeddings, -1 = final layer after the norm), ``all``,
+        ranges (``"0:12"``: Python slice semantics) or a list of these (:mod:`safespace_tasks.layer_spec`);
+        metrics of the first are reported under plain names, the others as ``<metric>_layer<i>``
+        (``i`` as written for an index, the absolute index for ``all`` and ranges). With two or
+        more layers, each per-layer metric also gets ``<m>_best``, ``<m>_best_layer``, ``<m>_final``.
     pooling: ``last`` (last prompt token, the paper) or ``mean``.
     pca_components: k of PCA-k (paper: 10).
     probe_folds: cross-validation folds of the linear probe.
@@ -60,7 +153,7 @@ class SeparationSettings(TaskSettings):
     (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
     """
 
-    layers: tuple[int, ...] = setting((-1,), kind="int_list")
+    layers: tuple[int | str, ...] = setting((-1,), kind="layers")
     pooling: str = setting("last", kind=str, choices=("last", "mean"))
     pca_components: int = setting(10, kind=int, minimum=1)
     probe_folds: int = setting(5, kind=int, minimum=2)
@@ -71,11 +164,19 @@ class SeparationSettings(TaskSettings):
     state_cache: str | None = setting(None, kind=str, optional=True)
 
     def check(self) -> None:
-        normalize_options(self.request_options())
+        opts = self.request_options()
+        if not self.plain_layers:  # a sweep is resolved on the model side; check the rest here
+            opts["layers"] = (-1,)
+        normalize_options(opts)
+
+    @property
+    def plain_layers(self) -> bool:
+        """The setting names plain indices (no ``all``, no range): the depth is not needed."""
+        return is_plain(self.layers)
 
     def request_options(self) -> dict[str, Any]:
         return {
-            "layers": self.layers,
+            "layers": tuple(self.layers),
             "pooling": self.pooling,
             "truncation_side": self.truncation_side,
             "padding_side": self.padding_side,
@@ -83,7 +184,9 @@ class SeparationSettings(TaskSettings):
         }
 
     def metric_suffixes(self) -> list[str]:
-        """'' for the first layer, '_layer<i>' for the others."""
+        """'' for the first layer, '_layer<i>' for the others (a sweep: the first only, until resolved)."""
+        if not self.plain_layers:
+            return [""]
         return [""] + [f"_layer{layer}" for layer in self.layers[1:]]
 
 
@@ -122,11 +225,93 @@ class HiddenSpaceTask(CorpusTask):
     label_field = "toxic"
     group_field: str | None = None
 
+    def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
+        # (absolute indices, metric suffixes, model depth or None) once the first response tells them
+        self._resolved: tuple[tuple[int, ...], list[str], int | None] | None = None
+        super().__init__(data_dir, cache_dir, download_mode, config=config)
+        if not self.settings.plain_layers:  # the model side resolves the sweep (see SWEEP_REQUEST_TYPE)
+            self.OUTPUT_TYPE = SWEEP_REQUEST_TYPE
+            self.config.output_type = SWEEP_REQUEST_TYPE
+
+    # ------------------------------------------------------------------ layers
+
+    def layer_suffixes(self) -> list[str]:
+        """Metric-name suffix of each layer read: '' for the first, '_layer<i>' for the others."""
+        return self._resolved[1] if self._resolved else self.settings.metric_suffixes()
+
+    def metric_names(self) -> list[str]:
+        """Per-layer metrics once per layer, then (two or more layers) each one's peak summary."""
+        suffixes = self.layer_suffixes()
+        names = mt.family_metrics(self.FAMILY)
+        per_layer = [m for m in names if mt.spec(m).per_layer]
+        out = [m + sfx for sfx in suffixes for m in per_layer]
+        if len(suffixes) > 1:
+            out += [m + p for m in per_layer for p in mt.PEAK_SUFFIXES]
+        return out + [m for m in names if not mt.spec(m).per_layer]
+
+    def adopt_layers(self, layers) -> None:
+        """Take the indices the model returned (a sweep's metric names are known only now)."""
+        layers = tuple(int(x) for x in layers)
+        if self._resolved is not None:
+            if self._resolved[0] != layers:
+                raise ValueError(
+                    f"{self.config.task}: the model returned states of layers {list(layers)} for one text and "
+                    f"{list(self._resolved[0])} for another; one run reads one layer set."
+                )
+            return
+        spec = self.settings.layers
+        if self.settings.plain_layers:
+            # indices as written: the names are known already; the depth only where an index counts from the end
+            depth = None
+            for item, idx in zip(spec, layers):
+                if item < 0 <= idx:
+                    depth = idx - item - 1
+            self._resolved = (layers, self.settings.metric_suffixes(), depth)
+            self._add_metric_names()
+            return
+        depth = SWEEP_DEPTH.get(self.config.task)
+        exact = depth is not None
+        if depth is None:  # responses from a cache: find the depth the indices fit (exact when only one does)
+            for n in range(max(max(layers), 1), max(layers) + 4097):
+                try:
+                    if resolve_spec(spec, n)[0] == layers:
+                        depth = n
+                        break
+                except ValueError:
+                    continue
+            if depth is None:
+                raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}, which the setting "
+                                 f"layers={list(spec)} does not name.")
+            try:
+                exact = resolve_spec(spec, depth + 1)[0] != layers
+            except ValueError:
+                exact = True
+        indices, labels = resolve_spec(spec, depth)
+        if indices != layers:
+            raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
+                             f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
+        suffixes = [""] + [f"_layer{label}" for label in labels[1:]]
+        self._resolved = (layers, suffixes, depth if exact else None)
+        self._add_metric_names()
+
+    def _add_metric_names(self) -> None:
+        self._metric_names = self.metric_names()
+        for m in self._metric_names:
+            if m not in self._aggregators:
+                self._aggregators[m] = CorpusAggregator(self, m)
+                self.config.metric_list.append({"metric": m, "aggregation": self._aggregators[m],
+                                                "higher_is_better": mt.higher_is_better(m)})
+
     # ------------------------------------------------------------------ requests and items
+
+    def process_results(self, doc: dict, results: list) -> dict[str, Any]:
+        if results and isinstance(results[0], HiddenState):
+            self.adopt_layers(results[0].layers)
+        return super().process_results(doc, results)
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs) -> Instance:
         return Instance(
-            request_type=REQUEST_TYPE,  # type: ignore[arg-type]
+            request_type=self.OUTPUT_TYPE,  # type: ignore[arg-type]
             doc=doc,
             arguments=(ctx, self.settings.request_options()),
             idx=0,
@@ -155,6 +340,7 @@ class HiddenSpaceTask(CorpusTask):
         if not items:
             raise SeparationInputError("no text reached the aggregation (the model returned no state)")
         layers = items[0].response.layers
+        self.adopt_layers(layers)
         states = np.stack([it.response.vectors for it in items]).astype(np.float32)
         labels = np.array([it.label for it in items], dtype=np.int64)
         ids = np.array([it.key for it in items], dtype=np.int64)
@@ -165,11 +351,12 @@ class HiddenSpaceTask(CorpusTask):
         analysis = Analysis()
         per_layer: dict[str, Any] = {}
         per_layer_metrics = [m for m in self._metric_names if mt.spec(m).per_layer and m == mt.base_name(m)]
-        for j, suffix in enumerate(s.metric_suffixes()):
+        suffixes = self.layer_suffixes()
+        for j, suffix in enumerate(suffixes):
             try:
                 res = self.layer_metrics(states[keep, j], labels[keep], groups[keep])
             except SeparationInputError as err:
-                message = f"{task} (layer {s.layers[j]}): {err}"
+                message = f"{task} (layer {layers[j]}): {err}"
                 self.strict_or_nan(message, err)
                 analysis.error = message
                 for m in per_layer_metrics:
@@ -186,11 +373,21 @@ class HiddenSpaceTask(CorpusTask):
                     "%s: a class covariance on PCA-%d is singular; Bhattacharyya used ridge %.3g (reported)",
                     task, s.pca_components, res.diagnostics["bhattacharyya_ridge"],
                 )
+        depth = self._resolved[2] if self._resolved else None
+        peak = None
+        if len(suffixes) > 1:
+            values, errs, peak = peak_summary(analysis.values, per_layer_metrics, [int(x) for x in layers], suffixes,
+                                              depth, analysis.stderr)
+            analysis.values.update(values)
+            analysis.stderr.update(errs)
         analysis.details = {
             "dataset": self.config.dataset_path,
             "settings": self.settings_dict(),
             "layers": [int(x) for x in layers],
+            "n_layers": depth,
+            "metric_suffixes": dict(zip((int(x) for x in layers), suffixes)),
             "metrics_by_layer": per_layer,
+            "peak": peak,
             "n_texts": int(keep.sum()),
             "n_truncated": int(truncated.sum()),
             "n_from_state_cache": int(sum(it.response.cached for it in items)),

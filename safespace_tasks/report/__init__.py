@@ -54,6 +54,8 @@ class ReportResult:
     html: Path | None = None
     tables: dict[str, Path] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)
+    # (run label, family, metric) -> the sweep dict (every language of the run; report.layers form)
+    sweeps: dict[tuple[str, str, str], dict] = field(default_factory=dict)
 
     @property
     def notices(self) -> list[Notice]:
@@ -197,15 +199,89 @@ def build_report(
                     blocks.append(Image(p.relative_to(out), f"{fam} {metric} per layer",
                                         "Hidden-state index 0 is the embedding output; the last index is the final "
                                         "layer after the model's final norm."))
+            blocks += _run_sweeps(comp, fam, sweeps, out, result, plots)
+    blocks += _transfer_blocks(comp, out, result, plots)
     blocks.append(Heading("How these numbers were computed"))
     blocks.append(Bullets(_method_notes(comp)))
     doc = Document(title="safespace report: " + " vs ".join(comp.labels), blocks=blocks)
     result.markdown.write_text(to_markdown(doc), encoding="utf-8")
-    write_summary(comp, result.summary)
+    write_summary(comp, result.summary, sweeps=result.sweeps)
     if html:
         result.html = out / "report.html"
         result.html.write_text(to_html(doc, out), encoding="utf-8")
     return result
+
+
+def _run_sweeps(comp: Comparison, fam: str, sweeps: dict, out: Path, result: ReportResult, plots: bool) -> list:
+    """Per run and metric: every language of the run on one plot, and where each one peaks."""
+    from safespace_tasks.report import layers as L
+
+    blocks: list = []
+    for lab in comp.runs_with(fam):
+        for metric in comp.metrics[fam]:
+            if metric not in sweeps:
+                continue
+            sweep = L.sweep_from_comparison(comp, lab, fam, metric)
+            if sweep is None:
+                continue
+            result.sweeps[(lab, fam, metric)] = sweep
+            blocks.append(Paragraph(f"**{lab}**, {metric}: " + L.summary_markdown(sweep)))
+            if plots:
+                path = out / "img" / f"{_slug(fam)}_layers_{_slug(metric)}_{_slug(lab)}_all_languages.png"
+                p = L.plot_layer_sweep(sweep, path, title=f"{lab}: {fam} {metric} per layer, every language")
+                result.images[f"{fam}_layers_{metric}_{lab}"] = p
+                blocks.append(Image(p.relative_to(out), f"{lab} {fam} {metric} per layer, all languages",
+                                    "One line per language; the dotted marks are each language's best layer."))
+    return blocks
+
+
+def _transfer_blocks(comp: Comparison, out: Path, result: ReportResult, plots: bool) -> list:
+    """The transfer task's matrix of each run (heat map + table) and, per base/aligned pair, the gain."""
+    from safespace_tasks.report import transfer as T
+
+    runs = [r for r in comp.runs if r.transfer]
+    if not runs:
+        return []
+    blocks: list = [Heading("Cross-lingual transfer (safespace_transfer)")]
+    for run in runs:
+        data = T.load_transfer(run.transfer)
+        final = max(x for x in data["layers"] if x is not None) if any(x is not None for x in data["layers"]) else None
+        for src in data["sources"]:
+            blocks.append(Paragraph(f"**{run.label}**: " + T.source_markdown(data, src, layer=final)))
+        if len(data["sources"]) > 1:
+            blocks.append(Paragraph(T.matrix_markdown(data, "transfer_auroc", layer=final, intervals=True)))
+        if plots:
+            p = T.plot_transfer_heatmap(data, out / "img" / f"transfer_{_slug(run.label)}.png", layer=final,
+                                        title=f"{run.label}: transfer AUROC, hidden state {final}")
+            result.images[f"transfer_{run.label}"] = p
+            blocks.append(Image(p.relative_to(out), f"{run.label} transfer matrix",
+                                "Rows: source languages, columns: targets; framed cells are the source's own "
+                                "cross-validated numbers."))
+    by_label = {r.label: r for r in runs}
+    for b, a in comp.pairs:
+        if b not in by_label or a not in by_label:
+            continue
+        base, aligned = T.load_transfer(by_label[b].transfer), T.load_transfer(by_label[a].transfer)
+        layers = [x for x in base["layers"] if x in aligned["layers"] and x is not None]
+        if not layers:
+            continue
+        for src in base["sources"]:
+            if src not in aligned["sources"]:
+                continue
+            try:
+                rows = T.transfer_gain(base, aligned, source=src, layer=max(layers))
+            except T.TransferReportError as err:
+                comp.notices.append(Notice("warning", f"transfer gain {a} − {b} from {src}: {err}"))
+                continue
+            blocks.append(Paragraph(T.gain_markdown(rows, source=src, base_label=b, aligned_label=a)))
+            if plots:
+                p = T.plot_transfer_gain(rows, out / "img" / f"transfer_gain_{_slug(a)}_vs_{_slug(b)}_{src}.png",
+                                         source=src, base_label=b, aligned_label=a)
+                result.images[f"transfer_gain_{a}_vs_{b}_{src}"] = p
+                blocks.append(Image(p.relative_to(out), f"transfer gain {a} − {b} from {src}",
+                                    "Per target: the gain in transfer AUROC beside the gain in the target's own AUROC "
+                                    "(no interval: the two runs' resamples are not combined here)."))
+    return blocks
 
 
 def _covered(mark: str, paths: Sequence[str | Path]) -> bool:

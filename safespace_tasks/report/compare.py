@@ -321,6 +321,13 @@ def _language_order(runs: Iterable[Run], family: str) -> list[str]:
     return order
 
 
+def _is_peak(name: str) -> bool:
+    try:
+        return mt.spec(name).sweep_only
+    except mt.UnknownMetricError:
+        return False
+
+
 def _metric_order(names: Iterable[str]) -> list[str]:
     """The metric table's order; names the table does not hold (other sources) after it, sorted."""
     preferred = tuple(m.name for m in mt.METRICS)
@@ -360,7 +367,7 @@ def compare_runs(
             notices.append(Notice("warning", f"families {', '.join(unknown)} were asked for but no run has them "
                                              f"(the runs have: {', '.join(all_families) or 'none'})."))
         all_families = [f for f in all_families if f in set(families)]
-    if not all_families:
+    if not all_families and not any(r.transfer for r in runs):  # a transfer-only run still has its matrix
         raise ReportInputError(
             "none of the runs holds a safespace task, so there is nothing to compare. Run safespace-eval with "
             "--tasks safespace_toxicity (or another safespace family) and --output_path, then pass that folder."
@@ -372,7 +379,8 @@ def compare_runs(
     for fam in all_families:
         # a metric that some run gives only as a non-numeric value still gets its table (and a notice)
         keys = {k for r in runs for t in r.tasks.values() if t.family == fam for k in (*t.metrics, *t.unreadable)}
-        plain = [k for k in keys if split_metric(k)[1] is None]
+        # the peak summary of a sweep (<m>_best, ...) is shown with the per-layer section, not as a metric
+        plain = [k for k in keys if split_metric(k)[1] is None and not _is_peak(k)]
         metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k))
         counts[fam] = sorted(k for k in plain if is_count_metric(k))
         sweeps: dict[str, list[str]] = {}

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LayerReportError", "validate_sweep", "layer_summary", "summary_markdown", "plot_layer_sweep",
-           "sweep_from_transfer"]
+           "sweep_from_transfer", "sweep_from_comparison"]
 
 
 class LayerReportError(ValueError):
@@ -179,3 +179,39 @@ def sweep_from_transfer(data: Any, n_layers: int, *, source: str = "en", quantit
         }
     return {"metric": f"{quantity} from {source}", "n_layers": n_layers, "layers": [absolute[x] for x in order],
             "languages": languages}
+
+
+def sweep_from_comparison(comp: Any, label: str, family: str, metric: str) -> dict[str, Any] | None:
+    """The sweep dict of one run (``label``), one family and one metric: every language of the run,
+    values from its results JSON, intervals value ± z·SE. None when no language has two or more layers
+    or the run does not say its model's depth (``n_layers`` in the saved details)."""
+    keys = comp.layer_metrics.get(family, {}).get(metric)
+    if not keys:
+        return None
+    points: dict[str, dict[int, tuple[float, float | None]]] = {}
+    depth: int | None = None
+    run = next(r for r in comp.runs if r.label == label)
+    for lang in comp.languages[family]:
+        task = run.task_for(family, lang)
+        if task is None:
+            continue
+        n = (task.details or {}).get("n_layers")
+        if isinstance(n, int):
+            depth = n if depth is None else max(depth, n)
+        for key in keys:
+            m, layer = task.metrics.get(key), task.layer_of(key)
+            if m is not None and layer is not None:
+                points.setdefault(lang, {})[layer] = (m.value, m.stderr)
+    points = {k: v for k, v in points.items() if len(v) > 1}
+    if not points or depth is None:
+        return None
+    layers = sorted({x for v in points.values() for x in v})
+    languages = {}
+    for lang, pts in points.items():
+        vals = [pts[x][0] if x in pts else None for x in layers]
+        ci = []
+        for x in layers:
+            v, se = pts.get(x, (None, None))
+            ci.append(None if v is None or se is None or not math.isfinite(se) else [v - comp.z * se, v + comp.z * se])
+        languages[lang] = {"values": vals, "ci": ci} if any(c is not None for c in ci) else {"values": vals}
+    return {"metric": metric, "n_layers": depth, "layers": layers, "languages": languages}

@@ -46,6 +46,7 @@ GROUP_PREFIX = "safespace_"
 NON_METRIC_KEYS = {"name", "alias", "sample_len", "samples"}
 # Task metadata keys that describe the run, not the measurement (model args are removed separately).
 NON_SETTING_KEYS = {"version", "config_source", "save_states_dir", "data_dir", "strict"}
+TRANSFER_TASK = "safespace_transfer"
 _LAYER_RE = re.compile(r"^(?P<base>.+)_layer(?P<layer>-?\d+)$")
 
 
@@ -86,9 +87,11 @@ class TaskResult:
             return None
         if isinstance(layers, (int, float)):
             return [int(layers)]
-        if isinstance(layers, str):
-            return [int(x) for x in layers.replace(",", " ").split()]
-        return [int(x) for x in layers]
+        items = layers.replace(",", " ").split() if isinstance(layers, str) else list(layers)
+        try:  # a sweep ('all', ranges) names no index list: the saved details say which were read
+            return [int(x) for x in items]
+        except (TypeError, ValueError):
+            return None
 
     def resolved_layers(self) -> list[int] | None:
         """Hidden-state index of each requested layer (from the saved details), in the same order."""
@@ -102,6 +105,11 @@ class TaskResult:
         None when the run does not say (no ``layers`` setting, or ``-1`` without saved details).
         """
         _, requested = split_metric(metric)
+        suffixes = (self.details or {}).get("metric_suffixes")
+        if isinstance(suffixes, dict):  # written by the task: hidden-state index -> metric-name suffix
+            want = "" if requested is None else f"_layer{requested}"
+            hits = [int(idx) for idx, sfx in suffixes.items() if sfx == want]
+            return hits[0] if hits else None
         wanted = self.requested_layers() or [-1]
         position: int | None = 0
         if requested is not None:
@@ -128,6 +136,8 @@ class Run:
     groups: dict[str, dict[str, Measurement]] = field(default_factory=dict)
     group_subtasks: dict[str, list[str]] = field(default_factory=dict)
     lm_eval_version: str | None = None
+    # the transfer task's matrix (TransferMatrix.to_dict() form) from the details file, if the run has one
+    transfer: dict[str, Any] | None = None
     ignored_tasks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     label: str = ""
@@ -301,6 +311,17 @@ def load_run(path: str | Path) -> Run:
             if not isinstance(row, dict):
                 continue
             parsed = parse_task_name(name)
+            if parsed is None and name == TRANSFER_TASK:
+                matrix = ((details or {}).get(name) or {}).get("transfer_matrix")
+                if matrix is None:
+                    states = folder / states_filename(name, date_id)
+                    matrix = _read_meta(states).get("transfer_matrix") if states.exists() else None
+                if matrix is None:
+                    problems.append(f"{f}: {name} has no saved transfer matrix (details file missing); its "
+                                    "matrix is not reported.")
+                else:
+                    run.transfer = matrix
+                continue
             if parsed is None:
                 if name.startswith(GROUP_PREFIX):
                     run.groups[name] = parse_metrics(row)

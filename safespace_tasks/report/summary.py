@@ -48,7 +48,18 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def build_summary(comp: Comparison) -> dict[str, Any]:
+def _clean(x: Any) -> Any:
+    """JSON without NaN: non-finite numbers become null, recursively."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float):
+        return _num(x)
+    return x
+
+
+def build_summary(comp: Comparison, sweeps: dict | None = None) -> dict[str, Any]:
     from safespace_tasks import __version__
 
     models: dict[str, Any] = {}
@@ -127,11 +138,24 @@ def build_summary(comp: Comparison) -> dict[str, Any]:
     }
     if layers:
         out["layers"] = layers
+    if sweeps:  # the per-layer arrays: every language of a run, ascending hidden-state indices
+        arrays: dict[str, Any] = {}
+        for (lab, fam, metric), sw in sweeps.items():
+            arrays.setdefault(lab, {}).setdefault(fam, {})[metric] = {
+                "n_layers": sw["n_layers"], "layers": list(sw["layers"]),
+                "languages": {lang: [_num(v) if v is not None else None for v in e["values"]]
+                              for lang, e in sw["languages"].items()},
+            }
+        out["layer_arrays"] = arrays
+    transfer = {r.label: r.transfer for r in comp.runs if r.transfer}
+    if transfer:
+        out["transfer"] = _clean(transfer)
     out["notices"] = [{"level": n.level, "text": n.text} for n in comp.notices]
     return out
 
 
-def write_summary(comp: Comparison, path: Path) -> Path:
+def write_summary(comp: Comparison, path: Path, sweeps: dict | None = None) -> Path:
+    """``sweeps``: (run label, family, metric) -> sweep dict (``report.layers`` form) for ``layer_arrays``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(build_summary(comp), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(build_summary(comp, sweeps), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return path
