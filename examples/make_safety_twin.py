@@ -1,0 +1,453 @@
+"""Make a safety-aligned twin of SmolLM2-135M-Instruct on CPU, and measure it beside the shipped model.
+
+The twin is a short supervised fine-tuning of the instruction model on harmful requests paired with
+refusals (``safety_refusals``: AdvBench rows 100-519 with Llama-2-chat refusals; one refusal per
+distinct request) mixed with harmless instructions and their answers (``alpaca_seed_tasks``, so it
+keeps answering). Every example goes through the model's chat template; the loss is taken on the
+response tokens only. Seeds are fixed; the checkpoint (weights + tokenizer) is saved to OUT.
+
+Then both models are evaluated, greedy, chat template, ``--new-tokens`` new tokens (64 by default),
+batched generation with left padding, judged by :mod:`safespace_tasks.refusal`:
+
+* refusal rate / attack success on AdvBench rows 0-99 (never trained on: asserted);
+* over-refusal = refusal rate on the Alpaca tasks held out of training;
+* refusal per MultiJail language on a fixed subset (the first ``--multijail-per-language`` requests
+  of each language file, 30 by default: the same requests in every language).
+
+Writes ``OUT/twin_results.json`` (settings, data counts, timings, rates) and ``OUT/twin_replies.jsonl``
+(every reply with its verdict) and prints a table. Usage::
+
+    OMP_NUM_THREADS=2 SAFESPACE_DATA_DIR=../shared/data python examples/make_safety_twin.py out/twin
+
+See docs/safety_twin.md for the measured numbers and the settings tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+class TrainEvalOverlapError(AssertionError):
+    """A training request equals (after normalisation) a request the twin is evaluated on."""
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def normalise_request(text: str) -> str:
+    """NFKC, case-folded, every run of non-word characters replaced by one space, stripped."""
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def assert_no_overlap(train_requests, eval_requests, what: str = "AdvBench rows 0-99") -> None:
+    """Raise :class:`TrainEvalOverlapError` if any training request equals an evaluation request.
+
+    Equality after :func:`normalise_request` (so case, punctuation and spacing do not hide a copy).
+    An explicit raise, not ``assert``: it must fire under ``python -O`` too.
+    """
+    train = {normalise_request(t): t for t in train_requests}
+    shared = sorted({normalise_request(e) for e in eval_requests} & set(train))
+    if shared:
+        examples = "; ".join(repr(train[s]) for s in shared[:3])
+        raise TrainEvalOverlapError(
+            f"{len(shared)} training request(s) also appear in {what} (normalised text), e.g. {examples}. "
+            "Those rows measure refusal and must never be trained on: remove them from the training data."
+        )
+
+
+def _data_dir(explicit: str | None) -> Path:
+    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
+    if not root:
+        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
+    root = Path(root)
+    if not root.is_dir():
+        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
+    return root
+
+
+def _read_jsonl(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"missing data file {path}: the data mirror must hold it (see its README)")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise SystemExit(f"{path}:{lineno} lacks column(s) {missing}; expected {list(columns)}")
+            rows.append(row)
+    if not rows:
+        raise SystemExit(f"{path} holds no rows")
+    return rows
+
+
+def alpaca_prompt(task: dict) -> str:
+    """The user turn of an Alpaca seed task: the instruction, then its input (if any) after a blank line."""
+    inp = (task.get("input") or "").strip()
+    return task["instruction"].strip() + (f"\n\n{inp}" if inp else "")
+
+
+def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat: int, seed: int,
+              multijail_per_language: int, languages=MULTIJAIL_LANGUAGES) -> dict:
+    """Training examples (user, assistant) and the three evaluation sets, with the overlap checks done."""
+    rng = random.Random(seed)
+    refusal_rows = _read_jsonl(root / "safety_refusals" / "train.jsonl", ("prompt", "response"))
+    first_refusal: dict[str, str] = {}
+    for row in sorted(refusal_rows, key=lambda r: r.get("id", 0)):
+        first_refusal.setdefault(row["prompt"].strip(), row["response"].strip())
+    requests = sorted(first_refusal)
+    rng.shuffle(requests)
+    if n_refusals > len(requests):
+        raise SystemExit(f"--n-refusals {n_refusals} exceeds the {len(requests)} distinct requests of safety_refusals")
+    requests = requests[:n_refusals]
+
+    alpaca = _read_jsonl(root / "alpaca_seed_tasks" / "seed_tasks.jsonl", ("instruction", "output"))
+    order = list(range(len(alpaca)))
+    rng.shuffle(order)
+    if not 0 <= n_alpaca_train < len(alpaca):
+        raise SystemExit(f"--alpaca-train must be in [0, {len(alpaca) - 1}] so some tasks stay held out")
+    alpaca_train = [alpaca[i] for i in order[:n_alpaca_train]]
+    alpaca_heldout = [alpaca[i] for i in sorted(order[n_alpaca_train:])]
+
+    adv = _read_jsonl(root / "advbench" / "harmful_behaviors.jsonl", ("id", "goal"))
+    adv_eval = sorted((r for r in adv if int(r["id"]) < ADVBENCH_EVAL_ROWS), key=lambda r: int(r["id"]))
+    if [int(r["id"]) for r in adv_eval] != list(range(ADVBENCH_EVAL_ROWS)):
+        raise SystemExit(f"advbench/harmful_behaviors.jsonl must hold rows 0-{ADVBENCH_EVAL_ROWS - 1} (ids)")
+    adv_prompts = [r["goal"].strip() for r in adv_eval]
+
+    multijail = {}
+    for lang in languages:
+        rows = _read_jsonl(root / "multijail" / f"{lang}.jsonl", ("id", "text"))
+        rows = sorted(rows, key=lambda r: int(r["id"]))[:multijail_per_language]
+        multijail[lang] = [r["text"].strip() for r in rows]
+
+    train = [(q, first_refusal[q], "refusal") for q in requests]
+    train += [(alpaca_prompt(t), t["output"].strip(), "alpaca") for t in alpaca_train] * alpaca_repeat
+    # The checks: no training request is an AdvBench evaluation row; no held-out task was trained on.
+    assert_no_overlap([u for u, _, _ in train], adv_prompts, "AdvBench rows 0-99")
+    assert_no_overlap([u for u, _, _ in train], [alpaca_prompt(t) for t in alpaca_heldout], "the held-out Alpaca tasks")
+    rng.shuffle(train)
+    return {
+        "train": train,
+        "advbench": adv_prompts,
+        "alpaca_heldout": [alpaca_prompt(t) for t in alpaca_heldout],
+        "multijail": multijail,
+        "counts": {
+            "refusal_requests": len(requests),
+            "alpaca_train_tasks": len(alpaca_train),
+            "alpaca_repeat": alpaca_repeat,
+            "train_examples": len(train),
+            "alpaca_heldout": len(alpaca_heldout),
+            "advbench_eval": len(adv_prompts),
+            "multijail_per_language": {k: len(v) for k, v in multijail.items()},
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------- tokens
+
+def chat_prompt(tok, user: str) -> str:
+    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_example(tok, user: str, assistant: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of the templated conversation and labels that are -100 outside the response.
+
+    The prompt (with the generation prompt) and the rest of the templated text are tokenized apart,
+    so no token straddles the boundary; the response is truncated to fit ``max_length``.
+    """
+    prompt = chat_prompt(tok, user)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise ValueError("the chat template's conversation does not start with its generation prompt; "
+                         "this script needs a template where it does (Llama/ChatML style)")
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    if len(p_ids) >= max_length:
+        raise ValueError(f"a prompt of {len(p_ids)} tokens leaves no room for its response under "
+                         f"--max-length {max_length}: raise --max-length")
+    r_ids = r_ids[: max_length - len(p_ids)]
+    return p_ids + r_ids, [-100] * len(p_ids) + r_ids
+
+
+# ---------------------------------------------------------------------------------------- training
+
+def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: float, max_length: int,
+               seed: int, log=print) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    encoded, dropped = [], {}
+    for u, a, kind in examples:
+        if len(tok(chat_prompt(tok, u), add_special_tokens=False)["input_ids"]) >= max_length - 8:
+            dropped[kind] = dropped.get(kind, 0) + 1  # a prompt that leaves under 8 response tokens: counted, skipped
+            continue
+        encoded.append(encode_example(tok, u, a, max_length))
+    if dropped:
+        log(f"  skipped {sum(dropped.values())} example(s) whose prompt fills --max-length {max_length}: {dropped}")
+    if not encoded:
+        raise ValueError(f"every training example's prompt fills --max-length {max_length}: raise it")
+    rng = random.Random(seed + 1)
+    n_steps = max(1, math.ceil(epochs * len(encoded) / batch_size))
+    # Length-grouped batches (less padding, same examples): shuffle, sort each window of 8 batches
+    # by length, cut it into batches, shuffle the batches.
+    order: list[int] = []
+    while len(order) < n_steps * batch_size:
+        block = list(range(len(encoded)))
+        rng.shuffle(block)
+        batches = []
+        for w in range(0, len(block), 8 * batch_size):
+            window = sorted(block[w:w + 8 * batch_size], key=lambda i: len(encoded[i][0]))
+            batches += [window[b:b + batch_size] for b in range(0, len(window), batch_size)]
+        rng.shuffle(batches)
+        order += [i for b in batches for i in b]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    warmup = max(1, n_steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    model.train()
+    losses, t0 = [], time.perf_counter()
+    for step in range(n_steps):
+        batch = [encoded[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (x, y) in enumerate(batch):
+            ids[row, :len(x)] = torch.tensor(x)
+            labels[row, :len(y)] = torch.tensor(y)
+            mask[row, :len(x)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 10 == 0 or step == n_steps - 1:
+            log(f"  step {step + 1}/{n_steps}  loss {losses[-1]:.4f}  {time.perf_counter() - t0:.0f}s")
+    model.eval()
+    return {"steps": n_steps, "examples": len(encoded), "skipped_too_long": dropped, "losses": losses,
+            "seconds": time.perf_counter() - t0}
+
+
+# -------------------------------------------------------------------------------------- generation
+
+def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy replies to ``users`` through the chat template, batched with left padding, longest first."""
+    import torch
+
+    prompts = [chat_prompt(tok, u) for u in users]
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    side, tok.padding_side = tok.padding_side, "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    out: list[str | None] = [None] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+                )
+            for row, i in enumerate(idx):
+                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    finally:
+        tok.padding_side = side
+    return out  # type: ignore[return-value]
+
+
+EVAL_SETS = ("advbench", "alpaca_heldout", "multijail")
+
+
+def evaluate(model, tok, data: dict, *, new_tokens: int, batch_size: int, limit: int | None,
+             which=EVAL_SETS, log=print) -> dict:
+    from safespace_tasks.refusal import judge_reply, summarize_replies
+
+    sets = {k: data[k] for k in ("advbench", "alpaca_heldout") if k in which}
+    if "multijail" in which:
+        sets.update({f"multijail_{k}": v for k, v in data["multijail"].items()})
+    rates, replies, seconds = {}, {}, {}
+    for name, users in sets.items():
+        users = users[:limit] if limit else users
+        t0 = time.perf_counter()
+        got = generate_replies(model, tok, users, new_tokens=new_tokens, batch_size=batch_size)
+        seconds[name] = time.perf_counter() - t0
+        rates[name] = summarize_replies(got)
+        replies[name] = [{"request": u, "reply": r, **judge_reply(r).as_dict()} for u, r in zip(users, got)]
+        log(f"  {name}: {len(users)} replies, refusal {rates[name]['refusal_rate']:.2f}, {seconds[name]:.0f}s")
+    return {"rates": rates, "replies": replies, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------------------- report
+
+def table(results: dict) -> str:
+    models = [m for m in ("shipped", "twin") if m in results["models"]]
+    rows = [("AdvBench 0-99 refusal", "advbench", "refusal_rate"),
+            ("AdvBench 0-99 attack success", "advbench", "attack_success_rate"),
+            ("AdvBench 0-99 degenerate", "advbench", "degeneration_rate"),
+            ("held-out Alpaca over-refusal", "alpaca_heldout", "refusal_rate"),
+            ("held-out Alpaca degenerate", "alpaca_heldout", "degeneration_rate")]
+    langs = [k[len("multijail_"):] for k in results["models"][models[0]]["rates"] if k.startswith("multijail_")]
+    rows += [(f"MultiJail {lang} refusal", f"multijail_{lang}", "refusal_rate") for lang in langs]
+    lines = ["| measure | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    present = set(results["models"][models[0]]["rates"])
+    for title, key, rate in rows:
+        if key not in present:
+            continue
+        cells = [f"{100 * results['models'][m]['rates'][key][rate]:.0f} %" for m in models]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="folder for the twin checkpoint (save_pretrained + tokenizer) and the results")
+    p.add_argument("--model", help="the instruction model to start from (default: `safespace model-path`)")
+    p.add_argument("--data-dir", help="data mirror (default: $SAFESPACE_DATA_DIR)")
+    p.add_argument("--n-refusals", type=int, default=300, help="distinct harmful requests, one refusal each")
+    p.add_argument("--alpaca-train", type=int, default=120, help="Alpaca tasks trained on; the rest are held out")
+    p.add_argument("--alpaca-repeat", type=int, default=1, help="times each Alpaca training task is repeated")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training examples (fractions ok)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per training example (response truncated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new-tokens", type=int, default=64, help="greedy new tokens per evaluation reply")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--multijail-per-language", type=int, default=30)
+    p.add_argument("--languages", default=",".join(MULTIJAIL_LANGUAGES), help="MultiJail languages, comma separated")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    p.add_argument("--shipped-results", help="reuse the shipped model's block of an earlier twin_results.json "
+                                             "(same evaluation settings required) instead of re-generating it")
+    p.add_argument("--skip-shipped", action="store_true", help="evaluate the twin only (the shipped model's "
+                                                             "numbers come from another run)")
+    p.add_argument("--no-train", action="store_true", help="evaluate the checkpoint already in OUT")
+    p.add_argument("--sets", default=",".join(EVAL_SETS),
+                   help="evaluation sets, comma separated, among " + ", ".join(EVAL_SETS))
+    p.add_argument("--results", help="results JSON path (default OUT/twin_results.json; the replies go beside "
+                                     "it, .replies.jsonl) - lets two processes evaluate different --sets at once")
+    p.add_argument("--limit-eval", type=int, help="evaluate only the first N requests of each set (tests)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safespace_tasks.refusal import REFUSAL_PHRASES_SOURCE
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.model is None:
+        from safespace_tasks.local_models import prepare
+
+        args.model = str(prepare("smollm2-135m-instruct"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    languages = tuple(x for x in args.languages.split(",") if x)
+    which = tuple(x for x in args.sets.split(",") if x)
+    if not which or set(which) - set(EVAL_SETS):
+        raise SystemExit(f"--sets {args.sets!r}: choose among {', '.join(EVAL_SETS)}")
+    results_path = Path(args.results) if args.results else out / "twin_results.json"
+    replies_path = (results_path.with_suffix(".replies.jsonl") if args.results else out / "twin_replies.jsonl")
+    t_all = time.perf_counter()
+    data = load_data(_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
+                     alpaca_repeat=args.alpaca_repeat, seed=args.seed,
+                     multijail_per_language=args.multijail_per_language, languages=languages)
+    eval_settings = {"new_tokens": args.new_tokens, "greedy": True, "chat_template": True,
+                     "multijail_per_language": args.multijail_per_language, "languages": list(languages),
+                     "alpaca_train": args.alpaca_train, "seed": args.seed, "limit_eval": args.limit_eval,
+                     "sets": list(which),
+                     "judge": REFUSAL_PHRASES_SOURCE}
+    train_settings = {k: getattr(args, k) for k in
+                      ("n_refusals", "alpaca_train", "alpaca_repeat", "lr", "batch_size", "epochs",
+                       "max_length", "seed", "threads")}
+    results = {"base_model": args.model, "train_settings": train_settings, "eval_settings": eval_settings,
+               "counts": data["counts"], "seconds": {}, "models": {}}
+    all_replies = {}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1, default=float))
+        with replies_path.open("w", encoding="utf-8") as fh:
+            for model_name, sets in all_replies.items():
+                for set_name, rows in sets.items():
+                    for row in rows:
+                        fh.write(json.dumps({"model": model_name, "set": set_name, **row}, ensure_ascii=False) + "\n")
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    if args.skip_shipped:
+        print("shipped model: skipped")
+    elif args.shipped_results:
+        prev = json.loads(Path(args.shipped_results).read_text())
+        prev_settings = dict(prev.get("eval_settings", {}))
+        same = ({k: v for k, v in prev_settings.items() if k != "sets"}
+                == {k: v for k, v in eval_settings.items() if k != "sets"})
+        if not same or not set(which) <= set(prev_settings.get("sets", [])) or "shipped" not in prev.get("models", {}):
+            raise SystemExit(f"{args.shipped_results} was evaluated with other settings ({prev.get('eval_settings')}); "
+                             "run without --shipped-results to measure the shipped model again")
+        results["models"]["shipped"] = prev["models"]["shipped"]
+        print("shipped model: reused from", args.shipped_results)
+    else:
+        print("shipped model: evaluating", args.model)
+        shipped = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+        ev = evaluate(shipped, tok, data, new_tokens=args.new_tokens, batch_size=args.eval_batch_size,
+                      limit=args.limit_eval, which=which)
+        results["models"]["shipped"] = {"rates": ev["rates"], "seconds": ev["seconds"]}
+        all_replies["shipped"] = ev["replies"]
+        del shipped
+        save()  # the shipped model's numbers are kept even if training stops later
+
+    if args.no_train:
+        print("twin: loading", out)
+        twin = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        prev = out / "twin_training.json"
+        results["training"] = json.loads(prev.read_text()) if prev.is_file() else None
+    else:
+        print(f"twin: training on {len(data['train'])} examples")
+        twin = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        info = train_twin(twin, tok, data["train"], lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                          max_length=args.max_length, seed=args.seed)
+        twin.save_pretrained(out)
+        tok.save_pretrained(out)
+        info["settings"] = train_settings
+        (out / "twin_training.json").write_text(json.dumps(info, indent=1))
+        results["training"] = info
+        results["seconds"]["train"] = info["seconds"]
+    print("twin: evaluating")
+    ev = evaluate(twin, tok, data, new_tokens=args.new_tokens, batch_size=args.eval_batch_size, limit=args.limit_eval, which=which)
+    results["models"]["twin"] = {"rates": ev["rates"], "seconds": ev["seconds"]}
+    all_replies["twin"] = ev["replies"]
+    results["seconds"]["total"] = time.perf_counter() - t_all
+
+    save()
+    print(table(results))
+    print(f"results: {results_path}  ({results['seconds']['total']:.0f}s in all)")
+    return results
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.stdout.reconfigure(line_buffering=True)
+    main()

@@ -1,0 +1,172 @@
+"""The safety-twin example on a tiny random llama: data split, response-only labels, training, reload, overlap check."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_model import build_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_safety_twin", ROOT / "examples" / "make_safety_twin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+twin = _script()
+
+
+def _write(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _planted_data(root: Path, *, leak: str | None = None) -> Path:
+    adv = [{"id": i, "goal": f"Explain harmful plan number {i}"} for i in range(120)]
+    refusals = []
+    for j, i in enumerate(range(100, 115)):  # AdvBench rows 100-114, two refusals for each
+        refusals.append({"id": 2 * j, "prompt": adv[i]["goal"], "response": f"I cannot help with plan {i}."})
+        refusals.append({"id": 2 * j + 1, "prompt": adv[i]["goal"], "response": "Sorry, no."})
+    if leak is not None:
+        refusals.append({"id": 999, "prompt": leak, "response": "I cannot."})
+    alpaca = [{"id": f"seed_task_{i}", "instruction": f"Name a colour, task {i}.", "input": "" if i % 2 else "x",
+               "output": f"Blue is colour {i}.", "is_classification": False} for i in range(20)]
+    _write(root / "advbench" / "harmful_behaviors.jsonl", adv)
+    _write(root / "safety_refusals" / "train.jsonl", refusals)
+    _write(root / "alpaca_seed_tasks" / "seed_tasks.jsonl", alpaca)
+    for lang in ("en", "th"):
+        _write(root / "multijail" / f"{lang}.jsonl", [{"id": i, "text": f"{lang} request {i}"} for i in range(6)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    texts = ["I cannot help with plan.", "Blue is colour.", "Explain harmful plan number", "Name a colour, task"] * 5
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_twin_model"), texts)
+
+
+def test_split_one_refusal_per_request_and_held_out_alpaca(tmp_path):
+    data = twin.load_data(_planted_data(tmp_path), n_refusals=10, n_alpaca_train=15, alpaca_repeat=2, seed=0,
+                          multijail_per_language=4, languages=("en", "th"))
+    kinds = [k for _, _, k in data["train"]]
+    assert kinds.count("refusal") == 10 and kinds.count("alpaca") == 30
+    refusal_users = [u for u, _, k in data["train"] if k == "refusal"]
+    assert len(set(refusal_users)) == 10  # one refusal per distinct request
+    # the first refusal (lowest id) of each request is the one kept
+    assert all(a.startswith("I cannot help with plan") for _, a, k in data["train"] if k == "refusal")
+    assert len(data["alpaca_heldout"]) == 5
+    trained = {u for u, _, k in data["train"] if k == "alpaca"}
+    assert not trained & set(data["alpaca_heldout"])
+    assert len(data["advbench"]) == 100 and data["advbench"][0] == "Explain harmful plan number 0"
+    assert data["multijail"]["th"] == [f"th request {i}" for i in range(4)]
+
+
+def test_overlap_assertion_fires_on_planted_leak(tmp_path):
+    # row 7 of AdvBench, disguised by case, punctuation and spacing, planted among the refusals
+    root = _planted_data(tmp_path, leak="  EXPLAIN harmful-plan number 7!! ")
+    with pytest.raises(twin.TrainEvalOverlapError, match="AdvBench rows 0-99"):
+        twin.load_data(root, n_refusals=16, n_alpaca_train=15, alpaca_repeat=1, seed=0,
+                       multijail_per_language=2, languages=("en",))
+
+
+def test_normalise_and_overlap_helper():
+    assert twin.normalise_request("  Hello,   WORLD!_x ") == "hello world x"
+    twin.assert_no_overlap(["a b"], ["a c"])
+    with pytest.raises(AssertionError, match="1 training request"):
+        twin.assert_no_overlap(["A-b"], ["a  b"])
+
+
+def test_labels_cover_the_response_only(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    ids, labels = twin.encode_example(tok, "Name a colour.", "Blue is colour.", max_length=200)
+    assert len(ids) == len(labels)
+    kept = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert labels[: len(ids) - len(kept)] == [-100] * (len(ids) - len(kept))  # prompt first, all masked
+    assert tok.decode(kept) == "Blue is colour.\n"  # the assistant turn as the template writes it
+    prompt = tok.decode([t for t, lab in zip(ids, labels) if lab == -100])
+    assert prompt == twin.chat_prompt(tok, "Name a colour.")
+    ids2, labels2 = twin.encode_example(tok, "Name a colour.", "Blue is colour.", max_length=len(ids) - 2)
+    assert len(ids2) == len(ids) - 2 and ids2 == ids[:-2]
+    with pytest.raises(ValueError, match="max-length"):
+        twin.encode_example(tok, "Name a colour.", "Blue.", max_length=3)
+
+
+def test_trains_saves_reloads_and_reports(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    data_dir = _planted_data(tmp_path / "data")
+    out = tmp_path / "twin"
+    res = twin.main([str(out), "--model", str(tiny), "--data-dir", str(data_dir), "--n-refusals", "10",
+                     "--alpaca-train", "15", "--epochs", "1", "--batch-size", "8", "--lr", "1e-2",
+                     "--new-tokens", "4", "--eval-batch-size", "3", "--multijail-per-language", "3",
+                     "--languages", "en,th", "--limit-eval", "5", "--threads", "1"])
+    assert res["training"]["steps"] == 4  # ceil(25 examples / 8)
+    assert all(torch.isfinite(torch.tensor(res["training"]["losses"])))
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    diffs = [not torch.equal(a, b) for a, b in zip(base.state_dict().values(), reloaded.state_dict().values())]
+    assert any(diffs)  # the weights moved and the saved checkpoint carries them
+    saved = json.loads((out / "twin_results.json").read_text())
+    for model in ("shipped", "twin"):
+        rates = saved["models"][model]["rates"]
+        assert set(rates) == {"advbench", "alpaca_heldout", "multijail_en", "multijail_th"}
+        assert rates["advbench"]["n"] == 5 and rates["multijail_th"]["n"] == 3
+    lines = (out / "twin_replies.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * (5 + 5 + 3 + 3)
+    # a re-evaluation of the saved checkpoint gives the same greedy replies (reload is faithful)
+    res2 = twin.main([str(out), "--model", str(tiny), "--data-dir", str(data_dir), "--n-refusals", "10",
+                      "--alpaca-train", "15", "--new-tokens", "4", "--eval-batch-size", "2",
+                      "--multijail-per-language", "3", "--languages", "en,th", "--limit-eval", "5",
+                      "--threads", "1", "--no-train", "--shipped-results", str(out / "twin_results.json")])
+    assert res2["models"]["twin"]["rates"] == res["models"]["twin"]["rates"]
+
+
+def test_left_padded_batches_equal_one_by_one(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    users = ["Name a colour.", "Explain harmful plan number 3 in a much longer request", "x"]
+    batched = twin.generate_replies(model, tok, users, new_tokens=5, batch_size=3)
+    single = [twin.generate_replies(model, tok, [u], new_tokens=5, batch_size=1)[0] for u in users]
+    assert batched == single
+
+
+def test_table_rows_and_percentages():
+    def rates(r):
+        block = {"refusal_rate": r, "attack_success_rate": 1 - r, "degeneration_rate": 0.0}
+        return {"advbench": block, "alpaca_heldout": block, "multijail_th": block}
+
+    both = {"models": {"shipped": {"rates": rates(0.03)}, "twin": {"rates": rates(0.9)}}}
+    text = twin.table(both).splitlines()
+    assert text[0] == "| measure | shipped | twin |"
+    assert "| AdvBench 0-99 refusal | 3 % | 90 % |" in text
+    assert "| AdvBench 0-99 attack success | 97 % | 10 % |" in text
+    assert "| MultiJail th refusal | 3 % | 90 % |" in text
+    only = twin.table({"models": {"twin": {"rates": rates(0.5)}}}).splitlines()
+    assert only[0] == "| measure | twin |" and len(only) == len(text)
+
+
+def test_sets_and_results_path(tiny, tmp_path):
+    data_dir = _planted_data(tmp_path / "data")
+    out = tmp_path / "twin"
+    common = [str(out), "--model", str(tiny), "--data-dir", str(data_dir), "--n-refusals", "10",
+              "--alpaca-train", "15", "--new-tokens", "3", "--multijail-per-language", "2", "--languages", "en,th",
+              "--limit-eval", "3", "--threads", "1"]
+    twin.main(common + ["--epochs", "0.2", "--sets", "advbench"])
+    res = twin.main(common + ["--no-train", "--skip-shipped", "--sets", "multijail",
+                              "--results", str(tmp_path / "mj.json")])
+    assert set(res["models"]) == {"twin"}
+    assert set(res["models"]["twin"]["rates"]) == {"multijail_en", "multijail_th"}
+    assert (tmp_path / "mj.replies.jsonl").is_file()
+    assert set(json.loads((out / "twin_results.json").read_text())["models"]["twin"]["rates"]) == {"advbench"}
+    with pytest.raises(SystemExit, match="choose among"):
+        twin.main(common + ["--no-train", "--sets", "gsm8k"])
