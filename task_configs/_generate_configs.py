@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safespace_tasks.data import PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
+from safespace_tasks.data import MULTIJAIL_LANGUAGES, PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
 from safespace_tasks.metric_table import family_mean_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +27,15 @@ FAMILIES = {
 # the mirror exist as tasks (they read the Hub) but stay out of the group, so that the group runs
 # offline. Their task names still match `safespace-continuation-*`.
 GROUP_LANGUAGES = {"continuation": RTPLX_MIRRORED}
+# The refusal family has two kinds of task in one group: greedy replies to AdvBench (one task, its
+# own template) and the forward-only refusal margin on MultiJail (one task per language); the group
+# averages the margin metrics over the 10 languages.
+REFUSAL = {
+    "folder": "refusal",
+    "group": "safespace_refusal",
+    "generation": ("_refusal_generation_template_yaml", "safespace-refusal-advbench", "advbench"),
+    "margin": ("_refusal_margin_template_yaml", "safespace-refusal-margin", MULTIJAIL_LANGUAGES),
+}
 
 
 def task_yaml(template: str, task: str, language: str) -> str:
@@ -67,6 +76,25 @@ def main(root: Path | str | None = None) -> None:
                 tasks.append(task)
         (out / f"_{group}.yaml").write_text(group_yaml(group, tasks, metrics), encoding="utf-8")
         print(f"{folder}: {len(spec.languages)} languages, {len(tasks)} in group {group}")
+    write_refusal(root)
+
+
+def write_refusal(root: Path) -> None:
+    out = root / REFUSAL["folder"]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("safespace-refusal-*.yaml"):
+        old.unlink()
+    template, task, split = REFUSAL["generation"]
+    (out / f"{task}.yaml").write_text(task_yaml(template, task, split), encoding="utf-8")
+    tasks = [task]
+    template, prefix, languages = REFUSAL["margin"]
+    for lang in languages:
+        name = f"{prefix}-{lang}"
+        (out / f"{name}.yaml").write_text(task_yaml(template, name, lang), encoding="utf-8")
+        tasks.append(name)
+    metrics = list(family_mean_metrics(REFUSAL["folder"]))
+    (out / f"_{REFUSAL['group']}.yaml").write_text(group_yaml(REFUSAL["group"], tasks, metrics), encoding="utf-8")
+    print(f"refusal: 1 generation task, {len(languages)} margin languages, all in group {REFUSAL['group']}")
 
 
 if __name__ == "__main__":
