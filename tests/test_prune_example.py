@@ -106,3 +106,59 @@ def test_random_units_are_seeded_and_match_the_scu_budget(run):
     assert not (np.array_equal(a.mlp, c.mlp) and np.array_equal(a.attn, c.attn))
     biggest = max(layout.params_per_neuron, layout.params_per_head)
     assert info["scu_params"] <= info["params"] < info["scu_params"] + biggest
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+@pytest.mark.parametrize("mode", ["scu", "scu_cu"])
+def test_frozen_units_are_bit_identical_after_training(run, tiny_model, mirror, mode):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    freeze = _load("freeze_safety_units")
+    _, _, out = run
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sel_mlp, sel_attn, info = freeze.frozen_selection(out, mode, top_cu=0.1)
+    assert info["units"] > 0 and (mode == "scu" or info["top_cu_units"] > 0)
+    frozen = freeze.unit_entries(model, sel_mlp, sel_attn)
+    # the frozen entries are exactly the units' own weights (the entries pruning would zero, and down_proj columns)
+    allowed = _allowed(model, sel_mlp, sel_attn)
+    for name, m in frozen.items():
+        if "down_proj" in name:
+            l = int(name.split(".")[2])
+            expect = torch.zeros_like(m)
+            expect[:, torch.from_numpy(np.flatnonzero(sel_mlp[l]))] = True
+            assert torch.equal(m, expect)
+        else:
+            assert torch.equal(m, allowed[name]), name
+    train, _ = freeze.alpaca_split(mirror, 20, seed=0)
+    losses = freeze.fine_tune(model, tok, train, frozen, steps=3, lr=1e-2, batch_size=2, seed=0, max_length=128)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    after = dict(model.named_parameters())
+    moved = 0
+    for name, p in after.items():
+        p = p.detach()
+        if name in frozen:
+            assert torch.equal(p[frozen[name]], before[name][frozen[name]]), f"{name}: a frozen entry moved"
+            moved += int((p[~frozen[name]] != before[name][~frozen[name]]).sum())
+        else:
+            moved += int((p != before[name]).sum())
+    assert moved > 0  # the rest of the model did train
+
+
+def test_without_freezing_the_same_units_move(run, tiny_model, mirror):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    freeze = _load("freeze_safety_units")
+    _, _, out = run
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    sel_mlp, sel_attn, _ = freeze.frozen_selection(out, "scu", top_cu=0.1)
+    units = freeze.unit_entries(model, sel_mlp, sel_attn)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train, _ = freeze.alpaca_split(mirror, 20, seed=0)
+    freeze.fine_tune(model, tok, train, {}, steps=3, lr=1e-2, batch_size=2, seed=0, max_length=128)
+    params = dict(model.named_parameters())
+    assert any(not torch.equal(params[n].detach()[m], before[n][m]) for n, m in units.items())
