@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safespace_tasks.data import PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
+from safespace_tasks.data import MULTIJAIL_LANGUAGES, PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
 from safespace_tasks.metric_table import family_mean_metrics
 from safespace_tasks.metric_table import spec as metric_spec
 
@@ -39,6 +39,15 @@ SINGLE_TASK_FAMILIES = {
 # the group YAMLs of the hidden-space families also list `<metric>_layer<i>` for these indices (a
 # sweep over a model with up to 64 decoder blocks; deeper layers of deeper models have no family row).
 GROUP_LAYER_SUFFIXES = {"toxicity": range(0, 65), "paradetox": range(0, 65)}
+# The refusal family has two kinds of task in one group: greedy replies to AdvBench (one task, its
+# own template) and the forward-only refusal margin on MultiJail (one task per language); the group
+# averages the margin metrics over the 10 languages.
+REFUSAL = {
+    "folder": "refusal",
+    "group": "safespace_refusal",
+    "generation": ("_refusal_generation_template_yaml", "safespace-refusal-advbench", "advbench"),
+    "margin": ("_refusal_margin_template_yaml", "safespace-refusal-margin", MULTIJAIL_LANGUAGES),
+}
 
 
 def task_yaml(template: str, task: str, language: str) -> str:
@@ -100,6 +109,25 @@ def main(root: Path | str | None = None) -> None:
                      "metadata:", "  version: 1.0"]
             (out / f"_{group}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"{folder}: one task {task}" + (f" in group {group}" if group else ""))
+    write_refusal(root)
+
+
+def write_refusal(root: Path) -> None:
+    out = root / REFUSAL["folder"]
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("safespace-refusal-*.yaml"):
+        old.unlink()
+    template, task, split = REFUSAL["generation"]
+    (out / f"{task}.yaml").write_text(task_yaml(template, task, split), encoding="utf-8")
+    tasks = [task]
+    template, prefix, languages = REFUSAL["margin"]
+    for lang in languages:
+        name = f"{prefix}-{lang}"
+        (out / f"{name}.yaml").write_text(task_yaml(template, name, lang), encoding="utf-8")
+        tasks.append(name)
+    metrics = list(family_mean_metrics(REFUSAL["folder"]))
+    (out / f"_{REFUSAL['group']}.yaml").write_text(group_yaml(REFUSAL["group"], tasks, metrics), encoding="utf-8")
+    print(f"refusal: 1 generation task, {len(languages)} margin languages, all in group {REFUSAL['group']}")
 
 
 if __name__ == "__main__":

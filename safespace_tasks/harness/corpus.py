@@ -560,7 +560,8 @@ def _empty_language_message(task: str, dataset: str, language: str, report: data
 
 # Modules whose CorpusTask subclasses are the families (importing one registers its families).
 FAMILY_MODULES = ("safespace_tasks.harness.task", "safespace_tasks.harness.pairs", "safespace_tasks.harness.behaviour",
-                  "safespace_tasks.harness.units_task", "safespace_tasks.harness.transfer_task")
+                  "safespace_tasks.harness.units_task", "safespace_tasks.harness.transfer_task",
+                  "safespace_tasks.harness.refusal_task")
 
 
 def _family_settings() -> dict[str, type[TaskSettings]]:

@@ -1,0 +1,279 @@
+"""Freezing safety units through a short benign fine-tuning: none frozen, SCUs frozen, SCUs + top CUs frozen.
+
+    python examples/freeze_safety_units.py MODEL_FOLDER --units RUN_DIR --out runs/freeze
+        [--modes none,scu,scu_cu] [--top-cu 0.05] [--steps 30] [--lr 5e-5] [--batch-size 8]
+        [--n-requests 100] [--max-new-tokens 64]
+
+RUN_DIR holds ``unit_stats.safetensors`` and ``mask.safetensors`` of MODEL_FOLDER (as written by
+``examples/prune_safety_units.py`` or ``safespace units stats`` + ``safespace units mask``).
+
+Per mode, from the same starting weights and the same seeded batches:
+* the frozen units: ``none``; ``scu`` (the mask's SCUs); ``scu_cu`` (the SCUs and the complex units
+  with the highest z_safety + z_utility, until they hold ``--top-cu`` of the unit parameters);
+* the frozen entries are exactly the units' own weights: an MLP neuron's gate/up rows and its
+  down_proj column; a head's q rows and o_proj columns, and its k/v rows where every head sharing
+  them is frozen (grouped-query attention). A gradient hook multiplies their gradient by 0, and the
+  optimiser is AdamW with weight decay 0, so a zero gradient leaves the entry bit-identical;
+* benign data: Alpaca seed tasks (instruction -> output, chat template, response tokens only);
+* before and after: refusal / attack success / degeneration on AdvBench rows 0..N-1 and the
+  refusal rate on the held-out Alpaca instructions (over-refusal), both greedy with the chat template.
+Writes OUT/freeze_results.json and OUT/freeze_table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from safespace_tasks.data import advbench_rows, alpaca_seed_rows, resolve_data_dir
+from safespace_tasks.refusal import summarize_replies
+from safespace_tasks.capture import find_decoder_parts
+from safespace_tasks.unit_masks import load_mask, load_unit_stats
+from safespace_tasks.units import CLASSES, ClassSettings, analyse
+
+MODES = ("none", "scu", "scu_cu")
+
+
+def _linear_rows(module: torch.nn.Module, rows) -> tuple[torch.nn.Parameter, tuple]:
+    """(weight, index) selecting output channels ``rows`` of a projection (Linear or GPT-2 Conv1D)."""
+    if type(module).__name__ == "Conv1D":
+        return module.weight, (slice(None), rows)
+    return module.weight, (rows, slice(None))
+
+
+def _linear_cols(module: torch.nn.Module, cols) -> tuple[torch.nn.Parameter, tuple]:
+    if type(module).__name__ == "Conv1D":
+        return module.weight, (cols, slice(None))
+    return module.weight, (slice(None), cols)
+
+
+def unit_entries(model: torch.nn.Module, sel_mlp: np.ndarray, sel_attn: np.ndarray) -> dict[str, torch.Tensor]:
+    """Per parameter name, a boolean mask of the entries that belong to the selected units."""
+    parts = find_decoder_parts(model)
+    cfg = model.config
+    n_heads = int(cfg.num_attention_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    names = {id(p): n for n, p in model.named_parameters()}
+    masks: dict[str, torch.Tensor] = {}
+
+    def mark(param, index):
+        name = names[id(param)]
+        m = masks.setdefault(name, torch.zeros_like(param, dtype=torch.bool))
+        m[index] = True
+
+    for l, block in enumerate(parts.blocks):
+        mlp, attn = block.mlp, block.self_attn
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) or not all(
+                hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            raise SystemExit(f"{type(block).__name__}: freezing supports Llama-style blocks (gate/up/down, q/k/v/o).")
+        neurons = torch.from_numpy(np.flatnonzero(sel_mlp[l]))
+        if len(neurons):
+            for proj in (mlp.gate_proj, mlp.up_proj):
+                mark(*_linear_rows(proj, neurons))
+            mark(*_linear_cols(mlp.down_proj, neurons))
+        heads = np.flatnonzero(sel_attn[l])
+        if len(heads):
+            hd = attn.o_proj.weight.shape[1] // n_heads
+            chans = torch.from_numpy(np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in heads]))
+            mark(*_linear_rows(attn.q_proj, chans))
+            mark(*_linear_cols(attn.o_proj, chans))
+            per = n_heads // n_kv
+            for g in range(n_kv):
+                if set(range(g * per, (g + 1) * per)) <= set(heads.tolist()):
+                    kv = torch.arange(g * hd, (g + 1) * hd)
+                    mark(*_linear_rows(attn.k_proj, kv))
+                    mark(*_linear_rows(attn.v_proj, kv))
+    return masks
+
+
+def frozen_selection(run_dir: Path, mode: str, top_cu: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    mask = load_mask(run_dir / "mask.safetensors")
+    if mode == "none":
+        return np.zeros_like(mask.mlp, bool), np.zeros_like(mask.attn, bool), {"units": 0}
+    sel_mlp, sel_attn = mask.selected(("SCU",))
+    info = {"scu_units": int(sel_mlp.sum() + sel_attn.sum())}
+    if mode == "scu_cu":
+        sets, layout, _ = load_unit_stats(run_dir / "unit_stats.safetensors")
+        shares = mask.metadata.get("shares") or {}
+        arrays = analyse(sets["safety"], sets["utility"], layout, ClassSettings(**shares))["arrays"]
+        labels, params = np.asarray(arrays["labels"]), np.asarray(arrays["params"], float)
+        total = np.where(np.isfinite(arrays["z_safety"] + arrays["z_utility"]), arrays["z_safety"] + arrays["z_utility"], -np.inf)
+        cu = np.flatnonzero(labels == CLASSES["CU"])
+        cu = cu[np.argsort(-total[cu], kind="stable")]
+        take = cu[: int(np.searchsorted(np.cumsum(params[cu]), top_cu * params.sum()) + 1)]
+        flat = np.zeros(len(labels), bool)
+        flat[take] = True
+        per = layout.n_neurons + layout.n_heads
+        flat = flat.reshape(layout.n_layers, per)
+        sel_mlp = sel_mlp | flat[:, : layout.n_neurons]
+        sel_attn = sel_attn | flat[:, layout.n_neurons:]
+        info["top_cu_units"] = int(len(take))
+    elif mode != "scu":
+        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    info["units"] = int(sel_mlp.sum() + sel_attn.sum())
+    return sel_mlp, sel_attn, info
+
+
+def chat(tok, request: str) -> str:
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
+    return request + "\n"
+
+
+def alpaca_split(root: Path, n_heldout: int, seed: int):
+    rows = alpaca_seed_rows(root)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    request = lambda r: r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")  # noqa: E731
+    held = [request(rows[i]) for i in sorted(order[:n_heldout])]
+    train = [(request(rows[i]), rows[i]["output"].strip()) for i in order[n_heldout:]]
+    return train, held
+
+
+def encode(tok, user: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+    prompt = tok(chat(tok, user), add_special_tokens=False)["input_ids"]
+    reply = tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+    ids = (prompt + reply)[:max_length]
+    labels = ([-100] * len(prompt) + reply)[:max_length]
+    return ids, labels
+
+
+def fine_tune(model, tok, examples, frozen: dict[str, torch.Tensor], *, steps: int, lr: float, batch_size: int,
+              seed: int, max_length: int = 256) -> list[float]:
+    """AdamW (weight decay 0) on response tokens; the frozen entries' gradients are zeroed by hooks."""
+    params = dict(model.named_parameters())
+    hooks = [params[n].register_hook(lambda g, keep=(~m).to(params[n].dtype): g * keep) for n, m in frozen.items()]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [encode(tok, user, answer, max_length) for user, answer in examples]
+    encoded = [e for e in encoded if any(t != -100 for t in e[1])]  # a reply cut away entirely teaches nothing
+    if not encoded:
+        raise SystemExit(f"no training example keeps a response token within {max_length} tokens; raise max_length.")
+    model.train()
+    losses = []
+    try:
+        for _ in range(steps):
+            batch = [encoded[i] for i in rng.choice(len(encoded), batch_size)]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in batch])
+            labels = torch.tensor([l + [-100] * (width - len(l)) for _, l in batch])
+            att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in batch])
+            loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.eval()
+    return losses
+
+
+@torch.no_grad()
+def generate(model, tok, requests: list[str], new_tokens: int, batch_size: int) -> list[str]:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    out = []
+    for i in range(0, len(requests), batch_size):
+        enc = tok([chat(tok, r) for r in requests[i:i + batch_size]], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+        ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def measure(model, tok, advbench: list[str], alpaca_held: list[str], new_tokens: int, batch_size: int) -> dict:
+    harmful = summarize_replies(generate(model, tok, advbench, new_tokens, batch_size))
+    benign = summarize_replies(generate(model, tok, alpaca_held, new_tokens, batch_size))
+    return {"advbench": harmful, "alpaca_heldout": benign}
+
+
+def table(results: dict) -> str:
+    lines = ["| frozen | units frozen | refusal before → after | attack success after | degenerate after "
+             "| over-refusal (held-out Alpaca) before → after | frozen entries unchanged |", "|" + "---|" * 7]
+    before = results["before"]
+    for mode, r in results["modes"].items():
+        a = r["after"]
+        lines.append(
+            f"| {mode} | {r['selection']['units']} | {before['advbench']['refusal_rate']:.0%} → {a['advbench']['refusal_rate']:.0%} "
+            f"| {a['advbench']['attack_success_rate']:.0%} | {a['advbench']['degeneration_rate']:.0%} "
+            f"| {before['alpaca_heldout']['refusal_rate']:.0%} → {a['alpaca_heldout']['refusal_rate']:.0%} "
+            f"| {r['frozen_unchanged']} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--units", required=True, help="folder with unit_stats.safetensors and mask.safetensors of MODEL")
+    p.add_argument("--out", required=True)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--top-cu", type=float, default=0.05, help="share of unit parameters of top CUs frozen in scu_cu")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--n-heldout", type=int, default=40, help="Alpaca tasks held out of training (over-refusal)")
+    p.add_argument("--n-requests", type=int, default=100)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--gen-batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = parse_args(argv)
+    if not 1 <= args.n_requests <= 100:
+        raise SystemExit("--n-requests must lie in [1, 100]: only AdvBench rows 0-99 are never calibration data")
+    root = resolve_data_dir(args.data_dir)
+    if root is None:
+        raise SystemExit("set $SAFESPACE_DATA_DIR (or --data-dir) to the data mirror")
+    out, run_dir = Path(args.out), Path(args.units)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    train, held = alpaca_split(root, args.n_heldout, args.seed)
+    advbench = [r["goal"] for r in advbench_rows(root)[: args.n_requests]]
+    t0 = time.perf_counter()
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    results = {"model": args.model, "settings": vars(args),
+               "before": measure(base, tok, advbench, held, args.max_new_tokens, args.gen_batch_size), "modes": {}}
+    del base
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        t = time.perf_counter()
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        sel_mlp, sel_attn, info = frozen_selection(run_dir, mode, args.top_cu)
+        frozen = unit_entries(model, sel_mlp, sel_attn)
+        params = dict(model.named_parameters())
+        snapshot = {n: params[n].detach().clone() for n in frozen}
+        losses = fine_tune(model, tok, train, frozen, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        unchanged = all(torch.equal(params[n].detach()[m], snapshot[n][m]) for n, m in frozen.items())
+        results["modes"][mode] = {
+            "selection": info, "frozen_entries": int(sum(int(m.sum()) for m in frozen.values())),
+            "frozen_unchanged": unchanged, "losses": losses,
+            "after": measure(model, tok, advbench, held, args.max_new_tokens, args.gen_batch_size),
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+        print(mode, json.dumps({k: v for k, v in results["modes"][mode].items() if k != "losses"}), flush=True)
+        (out / "freeze_results.json").write_text(json.dumps(results, indent=1))
+    results["seconds_total"] = round(time.perf_counter() - t0, 1)
+    (out / "freeze_results.json").write_text(json.dumps(results, indent=1))
+    (out / "freeze_table.md").write_text(table(results))
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(sys.argv[1:])
