@@ -48,6 +48,13 @@ class MetricSpec:
 _SEP = ("toxicity", "paradetox")
 _GEN = ("continuation", "detox")
 _SCORER_NOTE = "the toxicity scorer's {what} in the task's language"
+# separation metrics with a null floor (name, title, unit)
+_NULL_OF = (
+    ("bcv_ratio", "between-class variance ratio", "fraction"),
+    ("bhattacharyya", "Bhattacharyya distance", "nats"),
+    ("silhouette", "silhouette", "score (−1 to 1)"),
+    ("probe_auroc", "linear-probe AUROC", "AUROC"),
+)
 
 METRICS: tuple[MetricSpec, ...] = (
     # hidden-space separation (safespace_tasks.metrics.separation_metrics)
@@ -59,7 +66,17 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("silhouette", True, "silhouette", "score (−1 to 1)", _SEP,
                "mean silhouette of the two classes on PCA-k (−1 to 1)", per_layer=True),
     MetricSpec("probe_auroc", True, "linear-probe AUROC", "AUROC", _SEP,
-               "cross-validated AUROC of a linear probe on the full states (0.5 = chance)", per_layer=True),
+               "cross-validated AUROC of a linear probe on the full states (0–1; 0.5 = chance)", per_layer=True),
+    # the null floor of each (its mean under shuffled labels) and the permutation p-value: references,
+    # never averaged into the family row (a mean of p-values is not a p-value)
+    *(MetricSpec(f"{m}_null", False, f"{title} null", unit, _SEP,
+                 f"mean {title} over label permutations: what chance gives at this sample size", family_mean=False,
+                 per_layer=True)
+      for m, title, unit in _NULL_OF),
+    *(MetricSpec(f"{m}_p", False, f"{title} p", "p-value", _SEP,
+                 f"permutation p-value of the {title} (0–1]; small = more separation than shuffled labels give",
+                 family_mean=False, per_layer=True)
+      for m, title, unit in _NULL_OF),
     # pairs (safespace_tasks.metrics.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
