@@ -233,6 +233,8 @@ class HiddenSpaceTask(CorpusTask):
             "n_degenerate_metrics": int(sum(len(v) for v in degenerate.values())),
         }
         self._kept = (states[keep], labels[keep], ids[keep], groups[keep], np.array(layers, dtype=np.int64))
+        # with copies of a text the metrics grouped differently from the saved groups: the report needs them
+        self._metric_groups = self.metric_groups(groups[keep], copies) if n_duplicate_texts else None
         return analysis
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
@@ -241,9 +243,12 @@ class HiddenSpaceTask(CorpusTask):
             return
         self._kept = None
         states, labels, ids, groups, layers = kept
+        meta = dict(analysis.details)
+        metric_groups, self._metric_groups = getattr(self, "_metric_groups", None), None
+        if metric_groups is not None:
+            meta["metric_groups"] = [int(g) for g in metric_groups]  # the groups separation_metrics kept whole
         bundle = StatesBundle(
-            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers,
-            meta=dict(analysis.details),
+            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers, meta=meta,
         )
         PENDING_STATES[self.config.task] = bundle
         if self.settings.save_states_dir:
@@ -260,17 +265,21 @@ class HiddenSpaceTask(CorpusTask):
         """The text as the loader compares it (copies of it are one group)."""
         return text
 
+    def metric_groups(self, groups: np.ndarray, copies: np.ndarray) -> np.ndarray | None:
+        """The groups the metrics keep whole: the family's own (pairs) joined with copies of a text.
+        Without copies these are the family's groups as they are (None: plain resampling)."""
+        has_copies = bool(copies.size) and copies.max() + 1 < copies.size
+        if not has_copies:
+            return groups if self.group_field else None
+        return combine_groups(groups, copies) if self.group_field else copies
+
     def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, copies: np.ndarray) -> SeparationResult:
         """Metrics of one layer's states. ``groups``: the family's own groups (pairs; unused here);
         ``copies``: :func:`~safespace_tasks.metrics.text_groups` of the texts, so exact copies of a
         text never sit on both sides of a probe split, a bootstrap draw or a permutation."""
         s = self.settings
-        if self.group_field:
-            G = combine_groups(groups, copies)
-        else:
-            G = copies if copies.size and copies.max() + 1 < copies.size else None  # no copies: plain resampling
         return separation_metrics(
             X, y, k=s.pca_components, n_boot=s.bootstrap_iters, ci_level=s.ci_level, seed=s.seed,
-            groups=G, ridge=s.ridge, probe_folds=s.probe_folds, n_permutations=s.n_permutations,
+            groups=self.metric_groups(groups, copies), ridge=s.ridge, probe_folds=s.probe_folds, n_permutations=s.n_permutations,
             probe_refits=s.probe_refits, probe_permutations=s.probe_permutations,
         )

@@ -623,7 +623,7 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                       "use the same data, --limit and seed for both")
     if not np.array_equal(sa.labels, sb.labels):
         return None, "the same text ids carry different labels (different data versions)"
-    if not np.array_equal(sa.groups, sb.groups):
+    if not np.array_equal(sa.groups, sb.groups) or sa.meta.get("metric_groups") != sb.meta.get("metric_groups"):
         return None, "the texts are grouped differently in the two runs"
     ca, cb = _states_column(a, sa, metrics[0]), _states_column(b, sb, metrics[0])
     if ca is None or cb is None:
@@ -640,8 +640,8 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
     Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
         Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed,
-        groups=sa.groups if grouped else None, ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
-        probe_folds=folds,
+        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
+        probe_folds=folds, probe_refits=int(settings.get("probe_refits") or 0),
     )
     if grouped and set(PAIR_METRICS) & set(metrics):
         pairs = paired_shift_difference(Xa, Xb, sa.labels, sa.groups, n_splits=folds, n_boot=boots, seed=seed)
@@ -657,3 +657,12 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                 return None, (f"the saved states of {task.task} give {metric} = {value:.6g}, not the reported "
                               f"{reported:.6g}")
     return res, None
+
+
+def _metric_groups(states, grouped: bool):
+    """The groups the task's metrics kept whole: saved beside the states when copies of a text were
+    grouped (``meta["metric_groups"]``), else the saved pair ids (or none)."""
+    saved = states.meta.get("metric_groups")
+    if saved is not None:
+        return np.asarray(saved, dtype=np.int64)
+    return states.groups if grouped else None
