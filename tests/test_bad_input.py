@@ -77,7 +77,7 @@ def degenerate_run(tiny_model, tmp_path_factory):
                          limit=len(planted)), {"SAFESPACE_DATA_DIR": str(data)}, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results, _ = load_run(out)
-    return results["results"], _details(out), proc.stderr
+    return results["results"], _details(out), proc.stderr, out
 
 
 def _layer(details: dict, task: str) -> dict:
@@ -86,7 +86,7 @@ def _layer(details: dict, task: str) -> dict:
 
 
 def test_one_string_per_class_repeated_is_nan_with_the_reason_never_a_huge_number(degenerate_run):
-    results, details, log = degenerate_run
+    results, details, log, _ = degenerate_run
     row, layer = results["safespace-toxicity-en"], _layer(details, "safespace-toxicity-en")
     for m in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
         assert math.isnan(row[f"{m},none"]), (m, row[f"{m},none"])
@@ -105,7 +105,7 @@ def test_one_string_per_class_repeated_is_nan_with_the_reason_never_a_huge_numbe
 
 
 def test_planted_copies_of_a_text_are_counted_and_grouped(degenerate_run):
-    results, details, _ = degenerate_run
+    results, details, _, _ = degenerate_run
     d = details["safespace-toxicity-de"]
     assert d["n_texts"] == 47 and d["n_duplicate_texts"] == 7
     diag = _layer(details, "safespace-toxicity-de")["diagnostics"]
@@ -120,7 +120,7 @@ def test_planted_copies_of_a_text_are_counted_and_grouped(degenerate_run):
 
 
 def test_one_pair_repeated_gives_no_paired_shift_of_rounding_errors(degenerate_run):
-    results, details, _ = degenerate_run
+    results, details, _, _ = degenerate_run
     row, layer = results["safespace-paradetox-en"], _layer(details, "safespace-paradetox-en")
     for m in ("paired_shift", "pair_order_acc", "bcv_ratio", "bhattacharyya", "probe_auroc"):
         assert math.isnan(row[f"{m},none"]), (m, row[f"{m},none"])
@@ -144,3 +144,25 @@ def test_the_null_floor_settings_are_checked_like_every_other(meta, words):
         SeparationSettings.from_metadata(meta, where="safespace-toxicity-en")
     for w in words:
         assert w.lower() in str(err.value).lower()
+
+
+def test_saved_states_carry_the_groups_the_metrics_used(degenerate_run):
+    """With copies of a text the states file holds the groups the metrics kept whole, so a report
+    (or a reviewer) recomputes exactly the reported values and standard errors."""
+    from safespace_tasks.metrics import separation_metrics
+    from safespace_tasks.states import load_states
+
+    results, details, _, out = degenerate_run
+    b = load_states(next(out.rglob("safespace_states_safespace-toxicity-de_*.npz")))
+    groups = np.asarray(b.meta["metric_groups"])
+    assert groups.shape == (47,) and groups.max() + 1 == 40
+    s = b.meta["settings"]
+    res = separation_metrics(b.states[:, 0], b.labels, k=s["pca_components"], n_boot=s["bootstrap_iters"],
+                             ci_level=s["ci_level"], seed=s["seed"], groups=groups, ridge=s["ridge"],
+                             probe_folds=s["probe_folds"], n_permutations=s["n_permutations"])
+    row = results["safespace-toxicity-de"]
+    for m in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
+        assert res.values[m] == pytest.approx(row[f"{m},none"], rel=1e-9)
+        assert res.stderr[m] == pytest.approx(row[f"{m}_stderr,none"], rel=1e-9)
+    for m in ("bcv_ratio", "bhattacharyya", "silhouette"):
+        assert res.p_value[m] == pytest.approx(row[f"{m}_p,none"], rel=1e-12)
