@@ -321,6 +321,11 @@ def _language_order(runs: Iterable[Run], family: str) -> list[str]:
     return order
 
 
+def is_reference_metric(metric: str) -> bool:
+    """``<metric>_null`` / ``<metric>_p`` of a separation metric: references read beside the metric."""
+    return any(metric == m + tail for m in mt.SEPARATION_METRICS for tail in ("_null", "_p"))
+
+
 def _metric_order(names: Iterable[str]) -> list[str]:
     """The metric table's order; names the table does not hold (other sources) after it, sorted."""
     preferred = tuple(m.name for m in mt.METRICS)
@@ -373,7 +378,8 @@ def compare_runs(
         # a metric that some run gives only as a non-numeric value still gets its table (and a notice)
         keys = {k for r in runs for t in r.tasks.values() if t.family == fam for k in (*t.metrics, *t.unreadable)}
         plain = [k for k in keys if split_metric(k)[1] is None]
-        metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k))
+        # <metric>_null and <metric>_p are shown beside their metric (never a table or a gain of their own)
+        metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k) and not is_reference_metric(k))
         counts[fam] = sorted(k for k in plain if is_count_metric(k))
         sweeps: dict[str, list[str]] = {}
         for k in keys:
