@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "MetricSpec", "METRICS", "UnknownMetricError", "spec", "base_name", "higher_is_better",
+    "MetricSpec", "METRICS", "has_peak", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
     "SCORER_QUALITY_METRICS", "FAMILIES", "PEAK_SUFFIXES", "TRANSFER_METRICS", "UNITS_LANGUAGES",
     "units_metric_applies",
@@ -55,6 +55,13 @@ class MetricSpec:
 _SEP = ("toxicity", "paradetox")
 _GEN = ("continuation", "detox")
 _SCORER_NOTE = "the toxicity scorer's {what} in the task's language"
+# separation metrics with a null floor (name, title, unit)
+_NULL_OF = (
+    ("bcv_ratio", "between-class variance ratio", "fraction"),
+    ("bhattacharyya", "Bhattacharyya distance", "nats"),
+    ("silhouette", "silhouette", "score (−1 to 1)"),
+    ("probe_auroc", "linear-probe AUROC", "AUROC"),
+)
 
 METRICS: tuple[MetricSpec, ...] = (
     # hidden-space separation (safespace_tasks.metrics.separation_metrics)
@@ -66,7 +73,17 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("silhouette", True, "silhouette", "score (−1 to 1)", _SEP,
                "mean silhouette of the two classes on PCA-k (−1 to 1)", per_layer=True),
     MetricSpec("probe_auroc", True, "linear-probe AUROC", "AUROC", _SEP,
-               "cross-validated AUROC of a linear probe on the full states (0.5 = chance)", per_layer=True),
+               "cross-validated AUROC of a linear probe on the full states (0–1; 0.5 = chance)", per_layer=True),
+    # the null floor of each (its mean under shuffled labels) and the permutation p-value: references,
+    # never averaged into the family row (a mean of p-values is not a p-value)
+    *(MetricSpec(f"{m}_null", False, f"{title} null", unit, _SEP,
+                 f"mean {title} over label permutations: what chance gives at this sample size", family_mean=False,
+                 per_layer=True)
+      for m, title, unit in _NULL_OF),
+    *(MetricSpec(f"{m}_p", False, f"{title} p", "p-value", _SEP,
+                 f"permutation p-value of the {title} (0–1]; small = more separation than shuffled labels give",
+                 family_mean=False, per_layer=True)
+      for m, title, unit in _NULL_OF),
     # pairs (safespace_tasks.metrics.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
@@ -132,8 +149,9 @@ METRICS: tuple[MetricSpec, ...] = (
 def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
     """The peak summary of each per-layer metric, reported when a task reads two or more layers."""
     out = []
+    references = {f"{n}{tail}" for n, _, _ in _NULL_OF for tail in ("_null", "_p")}
     for m in rows:
-        if not m.per_layer:
+        if not m.per_layer or m.name in references:  # a null floor or p-value has no "best layer"
             continue
         out += [
             MetricSpec(f"{m.name}_best", m.higher_is_better, f"{m.title}, best layer's value", m.unit, m.families,
@@ -246,6 +264,11 @@ def units_metric_applies(metric: str, languages) -> bool:
 
 
 _BY_NAME = {m.name: m for m in METRICS}
+
+
+def has_peak(name: str) -> bool:
+    """Whether a per-layer metric gets a peak summary (``<m>_best`` ...) in a sweep."""
+    return f"{name}_best" in _BY_NAME
 if len(_BY_NAME) != len(METRICS):  # pragma: no cover - a table edit error
     raise RuntimeError("metric_table: a metric name appears twice")
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score, silhouette_score
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -55,19 +54,39 @@ def dropin_run(tiny_model, mirror, tmp_path_factory):
 
 
 def test_dropin_prints_one_row_per_language_and_a_family_row(dropin_run):
-    stdout, results, _ = dropin_run
+    stdout, results, folder = dropin_run
+    details = json.loads(next(folder.glob("safespace_details_*.json")).read_text())
+    n_na = 0
     for lang in TOXICITY.languages:
-        row = results["results"][f"safespace-toxicity-{lang}"]
+        task = f"safespace-toxicity-{lang}"
+        row = results["results"][task]
+        spread = details[task]["metrics_by_layer"]["2"]["spread"]
         assert row["alias"] == lang and row["sample_len"] == 40
         for metric in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
             assert np.isfinite(row[f"{metric},none"])
-            assert isinstance(row[f"{metric}_stderr,none"], float) and row[f"{metric}_stderr,none"] > 0
+            se = row[f"{metric}_stderr,none"]
+            if se == "N/A":  # allowed only where the details name the degenerate replicates
+                n_na += 1
+                assert "bootstrap replicates are degenerate" in spread[metric]["reason"]
+                assert spread[metric]["n_degenerate"] > 0.25 * spread[metric]["n_replicates"]
+            else:
+                assert isinstance(se, float) and se > 0 and spread[metric]["reason"] is None
         assert 0.0 <= row["bcv_ratio,none"] <= 1.0 and -1 <= row["silhouette,none"] <= 1
+        # the null floor and the permutation p-value of every metric (the probe's null is off by default)
+        for metric in ("bcv_ratio", "bhattacharyya", "silhouette"):
+            assert np.isfinite(row[f"{metric}_null,none"]) and row[f"{metric}_null_stderr,none"] == "N/A"
+            p = row[f"{metric}_p,none"]
+            assert 1 / 101 <= p <= 1 and p * 101 == pytest.approx(round(p * 101))  # (1 + #exceed) / (1 + 100)
+        assert 0 <= row["bcv_ratio_null,none"] <= 1 and row["bhattacharyya_null,none"] >= 0
+        assert np.isnan(row["probe_auroc_null,none"]) and np.isnan(row["probe_auroc_p,none"])
         assert f"| - {lang} " in stdout
+    assert n_na < len(TOXICITY.languages)  # N/A is the exception, not the rule
     group = results["results"]["safespace_toxicity"]
     mean = np.mean([results["results"][f"safespace-toxicity-{l}"]["bcv_ratio,none"] for l in TOXICITY.languages])
     assert group["bcv_ratio,none"] == pytest.approx(mean)
     assert isinstance(group["bcv_ratio_stderr,none"], float)
+    # the family row averages no null and no p-value (a mean of p-values is not a p-value)
+    assert not [k for k in group if "_null" in k or "_p," in k]
     assert "|safespace_toxicity|" in stdout.replace(" ", "")
 
 
@@ -81,14 +100,22 @@ def test_saved_states_reproduce_the_reported_metrics(dropin_run):
         row = results["results"][task]
         assert b.states.shape[0] == 40 and b.states.dtype == np.float32 and list(b.layers) == [2]
         assert sorted(b.labels.tolist()) == [0] * 20 + [1] * 20
-        # float32 states are fitted in float32 (PCA, probe), everything after the projection in float64
+        # plain numpy: centred float64 SVD for PCA-10 (the metrics are sign-invariant per component)
         X, y = b.states[:, 0], b.labels
-        Z = PCA(n_components=10).fit_transform(X).astype(np.float64)
+        X64 = X.astype(np.float64)
+        Xc = X64 - X64.mean(0)
+        Z = Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:10].T
+        dists = np.sqrt(np.maximum(((Z[:, None] - Z[None]) ** 2).sum(-1), 0))
+        sil = []
+        for i in range(len(y)):
+            same = (y == y[i]) & (np.arange(len(y)) != i)
+            a_i, b_i = dists[i, same].mean(), dists[i, y != y[i]].mean()
+            sil.append((b_i - a_i) / max(a_i, b_i))
+        assert row["silhouette,none"] == pytest.approx(float(np.mean(sil)), rel=1e-6)
         mu = Z.mean(0)
         ssb = sum((y == c).sum() * np.sum((Z[y == c].mean(0) - mu) ** 2) for c in (0, 1))
         ssw = sum(np.sum((Z[y == c] - Z[y == c].mean(0)) ** 2) for c in (0, 1))
         assert row["bcv_ratio,none"] == pytest.approx(ssb / (ssb + ssw), rel=1e-6)
-        assert row["silhouette,none"] == pytest.approx(silhouette_score(Z, y), rel=1e-6)
         c0, c1 = np.cov(Z[y == 0].T), np.cov(Z[y == 1].T)
         d = Z[y == 1].mean(0) - Z[y == 0].mean(0)
         cb = (c0 + c1) / 2

@@ -21,11 +21,33 @@ from test_harness_e2e import BIN, results_of, run_cli
 SEPARATION = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
 
 
-def assert_same_metrics(a: dict, b: dict, tasks, metrics=SEPARATION, rel=1e-4):
+def details_of(results_file_or_folder) -> dict:
+    """The safespace details file beside a results JSON (or in its folder)."""
+    folder = Path(results_file_or_folder)
+    folder = folder if folder.is_dir() else folder.parent
+    return json.loads(next(folder.glob("safespace_details_*.json")).read_text())
+
+
+def degenerate_reason(details: dict, task: str, metric: str) -> str | None:
+    """Why ``metric`` of ``task`` is NaN, as the details file names it (None when it names nothing)."""
+    for layer in details[task].get("metrics_by_layer", {}).values():
+        why = layer.get("error") or layer.get("degenerate", {}).get(metric)
+        if why:
+            return why
+    return None
+
+
+def assert_same_metrics(a: dict, b: dict, tasks, metrics=SEPARATION, rel=1e-4, details=None):
+    """Both runs give the same numbers; a NaN (in both, ``nan_ok``) only where both details files
+    (``details=(details_a, details_b)``) name the degenerate reason."""
     for task in tasks:
         for m in metrics:
             va, vb = a["results"][task][f"{m},none"], b["results"][task][f"{m},none"]
-            assert vb == pytest.approx(va, rel=rel, abs=1e-7), (task, m, va, vb)
+            assert vb == pytest.approx(va, rel=rel, abs=1e-7, nan_ok=True), (task, m, va, vb)
+            if va != va:
+                assert details is not None, (task, m, "NaN without a details file to name the reason")
+                for d in details:
+                    assert degenerate_reason(d, task, m), (task, m, "NaN without a named reason")
 
 
 # --------------------------------------------------------------------------- data parallel
@@ -62,8 +84,9 @@ def test_two_cpu_processes_give_the_single_process_numbers(tiny_model_long, mirr
     assert "Running pooled_hidden_states requests: 100%|██████████| 22/22" in log
     r1, f1 = results_of(single)
     r2, f2 = results_of(dp)  # rank 0 alone writes results
-    assert_same_metrics(r1, r2, DP_TASKS[:2])
-    assert_same_metrics(r1, r2, ["safespace-paradetox-de"], metrics=("paired_shift", "pair_order_acc"))
+    both = (details_of(f1), details_of(f2))
+    assert_same_metrics(r1, r2, DP_TASKS[:2], details=both)
+    assert_same_metrics(r1, r2, ["safespace-paradetox-de"], metrics=("paired_shift", "pair_order_acc"), details=both)
     assert r2["results"]["safespace-detoxpref-de"]["likelihood_preference,none"] == pytest.approx(
         r1["results"]["safespace-detoxpref-de"]["likelihood_preference,none"])
     for task, n in (("safespace-toxicity-en", 21), ("safespace-paradetox-de", 20)):
@@ -85,9 +108,10 @@ def test_stock_lm_eval_under_accelerate_matches_one_process(tiny_model_long, mir
     single = tmp_path / "single"
     run_cli("lm_eval", _dp_args(tiny_model_long, single, model_name="hf") + ["--include_path", include],
             env_extra=env, cwd=tmp_path)
-    r1, _ = results_of(single)
+    r1, f1 = results_of(single)
     for path in glob.glob(str(tmp_path / "dp" / "*" / "results_*.json")):
-        assert_same_metrics(r1, json.loads(Path(path).read_text()), DP_TASKS[:2])
+        assert_same_metrics(r1, json.loads(Path(path).read_text()), DP_TASKS[:2],
+                            details=(details_of(f1), details_of(path)))
 
 
 # --------------------------------------------------------------------------- invariance

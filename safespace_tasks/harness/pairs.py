@@ -21,7 +21,7 @@ from lm_eval.api.instance import Instance
 from safespace_tasks.harness.corpus import CorpusTask, Item, TaskSettings
 from safespace_tasks.harness.task import HiddenSpaceTask
 from safespace_tasks.metric_table import PAIR_METRICS
-from safespace_tasks.metrics import SeparationResult, paired_shift
+from safespace_tasks.metrics import SeparationInputError, SeparationResult, paired_shift
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,20 @@ class ParaDetoxTask(HiddenSpaceTask):
             log.warning("%s: set aside %s", self.config.task, set_aside)
         return keep, set_aside
 
-    def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> SeparationResult:
-        res = super().layer_metrics(X, y, groups)
+    def normalise_text(self, text: str) -> str:
+        return text.strip()  # the pair loader compares stripped members
+
+    def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, copies: np.ndarray) -> SeparationResult:
+        res = super().layer_metrics(X, y, groups, copies)  # pairs and copies of a text kept whole
         s = self.settings
-        pair = paired_shift(X, y, groups, n_splits=s.probe_folds, n_boot=s.bootstrap_iters, ci_level=s.ci_level, seed=s.seed)
+        try:
+            pair = paired_shift(X, y, groups, n_splits=s.probe_folds, n_boot=s.bootstrap_iters, ci_level=s.ci_level,
+                                seed=s.seed)
+        except SeparationInputError as err:  # e.g. one pair repeated: named, counted, never a ratio of rounding errors
+            for m in ("paired_shift", "pair_order_acc"):
+                res.values[m] = float("nan")
+                res.degenerate[m] = str(err)
+            return res
         res.values["paired_shift"] = pair.shift
         res.values["pair_order_acc"] = pair.order_accuracy
         res.stderr.update(pair.stderr)

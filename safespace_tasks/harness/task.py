@@ -13,6 +13,7 @@ themselves are kept for saving beside the results JSON.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,9 @@ from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
 from safespace_tasks.layer_spec import is_plain, resolve_spec
-from safespace_tasks.metrics import SeparationInputError, SeparationResult, separation_metrics
+from safespace_tasks.metrics import (
+    METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
+)
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,10 @@ class SeparationSettings(TaskSettings):
     save_states_dir: also write the states here (the results folder gets them with --output_path).
     state_cache: folder of a resumable cache of computed states (one file per model; a restarted
         run computes only what is missing). Off by default.
+    n_permutations: label permutations of the null floor (``<metric>_null``, ``<metric>_p``); 0 skips.
+    probe_refits: bootstrap replicates that refit the probe to widen its stderr (0 = fixed scores).
+    probe_permutations: permutations (at most ``n_permutations``) that refit the probe for its null
+        (0: ``probe_auroc_null`` and ``probe_auroc_p`` are NaN).
     Also: bootstrap_iters, ci_level, seed (doc order, probe folds, bootstrap), strict, data_dir
     (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
     """
@@ -162,6 +169,9 @@ class SeparationSettings(TaskSettings):
     padding_side: str = setting("left", kind=str, choices=("left", "right"))
     save_states_dir: str | None = setting(None, kind=str, optional=True)
     state_cache: str | None = setting(None, kind=str, optional=True)
+    n_permutations: int = setting(100, kind=int, minimum=0, maximum=100_000)
+    probe_refits: int = setting(0, kind=int, minimum=0, maximum=10_000)
+    probe_permutations: int = setting(0, kind=int, minimum=0, maximum=100_000)
 
     def check(self) -> None:
         opts = self.request_options()
@@ -190,13 +200,22 @@ class SeparationSettings(TaskSettings):
         return [""] + [f"_layer{layer}" for layer in self.layers[1:]]
 
 
+def _number(v: Any) -> float:
+    """A float; every NaN (not computed, degenerate) is the one ``math.nan``, so equal analyses compare equal."""
+    return math.nan if v is None or v != v else float(v)
+
+
 class StateItem(Item):
     """An :class:`Item` whose response is a doc's pooled :class:`HiddenState` (``.state``)."""
 
-    __slots__ = ()
+    __slots__ = ("text",)
 
     def __init__(self, key: int, label: int, state: HiddenState, group: int = -1, text: str = "") -> None:
         super().__init__(key, label, response=state, group=group, text=text)
+        self.text = text  # the loader's text: exact copies share a group (probe folds, bootstrap, null)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "text": self.text}
 
     @property
     def state(self) -> HiddenState:
@@ -246,7 +265,7 @@ class HiddenSpaceTask(CorpusTask):
         per_layer = [m for m in names if mt.spec(m).per_layer]
         out = [m + sfx for sfx in suffixes for m in per_layer]
         if len(suffixes) > 1:
-            out += [m + p for m in per_layer for p in mt.PEAK_SUFFIXES]
+            out += [m + p for m in per_layer if mt.has_peak(m) for p in mt.PEAK_SUFFIXES]
         return out + [m for m in names if not mt.spec(m).per_layer]
 
     def adopt_layers(self, layers) -> None:
@@ -346,7 +365,11 @@ class HiddenSpaceTask(CorpusTask):
         ids = np.array([it.key for it in items], dtype=np.int64)
         groups = np.array([it.group for it in items], dtype=np.int64)
         truncated = np.array([it.response.truncated for it in items], dtype=bool)
+        texts = [self.normalise_text(it.text) for it in items]
         keep, set_aside = self.select_texts(states, labels, groups)
+        copies = text_groups([t for t, k in zip(texts, keep) if k]) if keep.any() else np.zeros(0, np.int64)
+        n_duplicate_texts = int(copies.size - (copies.max() + 1)) if copies.size else 0
+        degenerate: dict[str, dict[str, str]] = {}
         s = self.settings
         analysis = Analysis()
         per_layer: dict[str, Any] = {}
@@ -354,7 +377,7 @@ class HiddenSpaceTask(CorpusTask):
         suffixes = self.layer_suffixes()
         for j, suffix in enumerate(suffixes):
             try:
-                res = self.layer_metrics(states[keep, j], labels[keep], groups[keep])
+                res = self.layer_metrics(states[keep, j], labels[keep], groups[keep], copies)
             except SeparationInputError as err:
                 message = f"{task} (layer {layers[j]}): {err}"
                 self.strict_or_nan(message, err)
@@ -364,9 +387,18 @@ class HiddenSpaceTask(CorpusTask):
                 per_layer[str(int(layers[j]))] = {"error": message}
                 continue
             for m, v in res.values.items():
-                analysis.values[m + suffix] = float(v)
+                analysis.values[m + suffix] = _number(v)
                 if m in res.stderr:
                     analysis.stderr[m + suffix] = float(res.stderr[m])
+            for m in METRIC_NAMES:  # the null floor and the permutation p-value (no stderr: references)
+                analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
+                analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
+            for m, why in res.degenerate.items():
+                log.warning("%s (layer %d): %s is NaN: %s", task, s.layers[j], m, why)
+                degenerate.setdefault(str(int(layers[j])), {})[m] = why
+            for m, sp in res.spread.items():
+                if sp.get("reason") and m not in res.degenerate:
+                    log.warning("%s (layer %d): %s has no stderr/interval: %s", task, s.layers[j], m, sp["reason"])
             per_layer[str(int(layers[j]))] = res.to_dict()
             if res.diagnostics.get("bhattacharyya_ridge"):
                 log.warning(
@@ -376,7 +408,8 @@ class HiddenSpaceTask(CorpusTask):
         depth = self._resolved[2] if self._resolved else None
         peak = None
         if len(suffixes) > 1:
-            values, errs, peak = peak_summary(analysis.values, per_layer_metrics, [int(x) for x in layers], suffixes,
+            values, errs, peak = peak_summary(analysis.values, [m for m in per_layer_metrics if mt.has_peak(m)],
+                                              [int(x) for x in layers], suffixes,
                                               depth, analysis.stderr)
             analysis.values.update(values)
             analysis.stderr.update(errs)
@@ -393,8 +426,13 @@ class HiddenSpaceTask(CorpusTask):
             "n_from_state_cache": int(sum(it.response.cached for it in items)),
             "set_aside": set_aside,
             "n_set_aside": int(sum(set_aside.values())),
+            "n_duplicate_texts": n_duplicate_texts,
+            "degenerate": degenerate,
+            "n_degenerate_metrics": int(sum(len(v) for v in degenerate.values())),
         }
         self._kept = (states[keep], labels[keep], ids[keep], groups[keep], np.array(layers, dtype=np.int64))
+        # with copies of a text the metrics grouped differently from the saved groups: the report needs them
+        self._metric_groups = self.metric_groups(groups[keep], copies) if n_duplicate_texts else None
         return analysis
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
@@ -403,9 +441,12 @@ class HiddenSpaceTask(CorpusTask):
             return
         self._kept = None
         states, labels, ids, groups, layers = kept
+        meta = dict(analysis.details)
+        metric_groups, self._metric_groups = getattr(self, "_metric_groups", None), None
+        if metric_groups is not None:
+            meta["metric_groups"] = [int(g) for g in metric_groups]  # the groups separation_metrics kept whole
         bundle = StatesBundle(
-            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers,
-            meta=dict(analysis.details),
+            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers, meta=meta,
         )
         PENDING_STATES[self.config.task] = bundle
         if self.settings.save_states_dir:
@@ -418,10 +459,25 @@ class HiddenSpaceTask(CorpusTask):
         """Mask of the texts to measure, and counts of those set aside by reason (none here)."""
         return np.ones(labels.shape[0], dtype=bool), {}
 
-    def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> SeparationResult:
-        """Metrics of one layer's states."""
+    def normalise_text(self, text: str) -> str:
+        """The text as the loader compares it (copies of it are one group)."""
+        return text
+
+    def metric_groups(self, groups: np.ndarray, copies: np.ndarray) -> np.ndarray | None:
+        """The groups the metrics keep whole: the family's own (pairs) joined with copies of a text.
+        Without copies these are the family's groups as they are (None: plain resampling)."""
+        has_copies = bool(copies.size) and copies.max() + 1 < copies.size
+        if not has_copies:
+            return groups if self.group_field else None
+        return combine_groups(groups, copies) if self.group_field else copies
+
+    def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, copies: np.ndarray) -> SeparationResult:
+        """Metrics of one layer's states. ``groups``: the family's own groups (pairs; unused here);
+        ``copies``: :func:`~safespace_tasks.metrics.text_groups` of the texts, so exact copies of a
+        text never sit on both sides of a probe split, a bootstrap draw or a permutation."""
         s = self.settings
         return separation_metrics(
             X, y, k=s.pca_components, n_boot=s.bootstrap_iters, ci_level=s.ci_level, seed=s.seed,
-            groups=groups if self.group_field else None, ridge=s.ridge, probe_folds=s.probe_folds,
+            groups=self.metric_groups(groups, copies), ridge=s.ridge, probe_folds=s.probe_folds, n_permutations=s.n_permutations,
+            probe_refits=s.probe_refits, probe_permutations=s.probe_permutations,
         )

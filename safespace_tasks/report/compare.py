@@ -328,6 +328,11 @@ def _is_peak(name: str) -> bool:
         return False
 
 
+def is_reference_metric(metric: str) -> bool:
+    """``<metric>_null`` / ``<metric>_p`` of a separation metric: references read beside the metric."""
+    return any(metric == m + tail for m in mt.SEPARATION_METRICS for tail in ("_null", "_p"))
+
+
 def _metric_order(names: Iterable[str]) -> list[str]:
     """The metric table's order; names the table does not hold (other sources) after it, sorted."""
     preferred = tuple(m.name for m in mt.METRICS)
@@ -379,9 +384,10 @@ def compare_runs(
     for fam in all_families:
         # a metric that some run gives only as a non-numeric value still gets its table (and a notice)
         keys = {k for r in runs for t in r.tasks.values() if t.family == fam for k in (*t.metrics, *t.unreadable)}
-        # the peak summary of a sweep (<m>_best, ...) is shown with the per-layer section, not as a metric
+        # the peak summary of a sweep (<m>_best, ...) is shown with the per-layer section, not as a metric;
+        # <metric>_null and <metric>_p are shown beside their metric (never a table or a gain of their own)
         plain = [k for k in keys if split_metric(k)[1] is None and not _is_peak(k)]
-        metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k))
+        metrics[fam] = _metric_order(k for k in plain if not is_count_metric(k) and not is_reference_metric(k))
         counts[fam] = sorted(k for k in plain if is_count_metric(k))
         sweeps: dict[str, list[str]] = {}
         for k in keys:
@@ -631,7 +637,7 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                       "use the same data, --limit and seed for both")
     if not np.array_equal(sa.labels, sb.labels):
         return None, "the same text ids carry different labels (different data versions)"
-    if not np.array_equal(sa.groups, sb.groups):
+    if not np.array_equal(sa.groups, sb.groups) or sa.meta.get("metric_groups") != sb.meta.get("metric_groups"):
         return None, "the texts are grouped differently in the two runs"
     ca, cb = _states_column(a, sa, metrics[0]), _states_column(b, sb, metrics[0])
     if ca is None or cb is None:
@@ -648,8 +654,8 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
     Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
         Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed,
-        groups=sa.groups if grouped else None, ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
-        probe_folds=folds,
+        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
+        probe_folds=folds, probe_refits=int(settings.get("probe_refits") or 0),
     )
     if grouped and set(PAIR_METRICS) & set(metrics):
         pairs = paired_shift_difference(Xa, Xb, sa.labels, sa.groups, n_splits=folds, n_boot=boots, seed=seed)
@@ -665,3 +671,12 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                 return None, (f"the saved states of {task.task} give {metric} = {value:.6g}, not the reported "
                               f"{reported:.6g}")
     return res, None
+
+
+def _metric_groups(states, grouped: bool):
+    """The groups the task's metrics kept whole: saved beside the states when copies of a text were
+    grouped (``meta["metric_groups"]``), else the saved pair ids (or none)."""
+    saved = states.meta.get("metric_groups")
+    if saved is not None:
+        return np.asarray(saved, dtype=np.int64)
+    return states.groups if grouped else None

@@ -93,13 +93,20 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
         table.notes.append(direction)
     used_methods: set[str] = set()
     flagged = False
+    nulls_shown = False
     for lang in comp.languages[family]:
         row, rec = [lang], {"language": lang}
         for lab in labels:
             m = comp.measurement(lab, family, lang, metric)
-            row.append(MISSING if m is None else _value_cell(m.value, m.stderr))
+            cell = MISSING if m is None else _value_cell(m.value, m.stderr)
             rec[lab] = None if m is None else m.value
             rec[f"{lab} stderr"] = None if m is None else m.stderr
+            null, p = (comp.measurement(lab, family, lang, metric + tail) for tail in ("_null", "_p"))
+            if m is not None and p is not None and math.isfinite(p.value):  # the run computed a null floor
+                cell += f" (null {fmt(null.value if null else None)}, p {fmt(p.value)})"
+                rec[f"{lab} null"], rec[f"{lab} p"] = (null.value if null else None), p.value
+                nulls_shown = True
+            row.append(cell)
         for pair, col in zip(comp.pairs, pair_cols):
             g = comp.gain(pair, family, lang, metric)
             if g is None:
@@ -116,6 +123,11 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
             rec.update({col: g.value, f"{col} low": g.low, f"{col} high": g.high, f"{col} method": g.method})
         table.rows.append(row)
         table.records.append(rec)
+    if nulls_shown:
+        table.notes.append(
+            f"(null …, p …): the language's {metric}_null (the metric under shuffled labels, what chance gives at "
+            "this sample size) and its permutation p-value; read per language, never averaged (docs/statistics.md)."
+        )
     # summary rows
     shared = comp.shared_languages(family)
     own_sets = {lab: [lang for lang in comp.languages[family] if comp.measurement(lab, family, lang, metric)] for lab in labels}
