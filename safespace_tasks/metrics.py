@@ -817,16 +817,26 @@ def combine_groups(*group_arrays: Any) -> np.ndarray:
     return rank[inverse]
 
 
-def distinct_states(X: np.ndarray, y: np.ndarray) -> tuple[int, tuple[int, int]]:
-    """Number of distinct state vectors overall and within each class (exact equality)."""
+def distinct_states(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> tuple[int, tuple[int, int]]:
+    """Number of distinct states overall and within each class.
+
+    States are distinct when their vectors differ (exact equality) and, when ``groups`` is given,
+    when they also belong to different groups: copies of one text form one group, and their states
+    may differ in the last bits (a batched forward pass on several threads does not round the same
+    row the same way in every batch), yet they carry one text's information, so they count once.
+    """
     X = np.ascontiguousarray(X)
     per_class = []
-    allkeys: set[bytes] = set()
+    total = 0
     for c in (0, 1):
-        keys = {X[i].tobytes() for i in np.flatnonzero(y == c)}
-        per_class.append(len(keys))
-        allkeys |= keys
-    return len(allkeys), (per_class[0], per_class[1])
+        rows = np.flatnonzero(y == c)
+        n_vec = len({X[i].tobytes() for i in rows})
+        n_grp = n_vec if groups is None else len(np.unique(np.asarray(groups)[rows]))
+        per_class.append(min(n_vec, n_grp))
+        total += per_class[-1]
+    if groups is None:  # the same vector in both classes counts once overall
+        total = len({X[i].tobytes() for i in range(X.shape[0])})
+    return total, (per_class[0], per_class[1])
 
 
 # Natural range of each metric (intervals are clipped to it) and the bound beyond which a value
@@ -1087,7 +1097,7 @@ def _measure(
     n = X.shape[0]
     nan = float("nan")
     with timer("distinct_states"):
-        distinct = distinct_states(X, y)
+        distinct = distinct_states(X, y, groups)
     n_all, (n_c0, n_c1) = distinct
     if n_all < 2:
         raise SeparationInputError(

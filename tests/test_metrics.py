@@ -500,3 +500,20 @@ def test_paired_difference_uses_basic_intervals_and_counts_degenerate_pairs():
         assert lo <= hi and d.spread[name]["method"] == "basic"
         assert d.spread[name]["n_degenerate"] == 0
     assert d.difference["bcv_ratio"] > 0
+
+
+def test_copies_of_a_text_with_rounding_noise_count_as_one_distinct_state():
+    """A batched forward pass on several threads may round a repeated text's state differently from
+    batch to batch; with the text groups, such copies still count once (never as new information)."""
+    from safespace_tasks.metrics import distinct_states, separation_metrics, text_groups
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 8))
+    y = np.repeat([0, 1], 20)
+    X = base[y] + rng.normal(scale=1e-7, size=(40, 8))  # two strings, last-bit noise on every copy
+    texts = ["you are an idiot" if c else "have a nice day" for c in y]
+    assert distinct_states(X, y) == (40, (20, 20))  # without groups every noisy copy looks new
+    assert distinct_states(X, y, text_groups(texts)) == (2, (1, 1))
+    res = separation_metrics(X, y, k=4, n_boot=20, groups=text_groups(texts), n_permutations=10)
+    for m in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
+        assert np.isnan(res.values[m]) and "distinct state" in res.degenerate[m], m
