@@ -159,7 +159,7 @@ def test_a_language_alone_and_beside_others_gives_identical_values_and_stderr(lm
     for m in SEPARATION:
         assert a[f"{m},none"] == b[f"{m},none"], m
         assert a[f"{m}_stderr,none"] == b[f"{m}_stderr,none"], m
-    assert a["bhattacharyya_stderr,none"] > 0
+    assert isinstance(a["bcv_ratio_stderr,none"], float) and a["bcv_ratio_stderr,none"] > 0  # a real bootstrap ran
 
 
 def test_document_order_does_not_change_the_numbers(lm, mirror, tmp_path):
