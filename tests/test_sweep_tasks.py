@@ -122,7 +122,7 @@ def sweep_runs(tiny_model, mirror, tmp_path_factory):
     for key, layers in (("all", "all"), ("first", [0]), ("final", [-1])):
         folder = tmp_path_factory.mktemp(f"sweep_{key}")
         res = _evaluate(tiny_model, mirror, ["safespace-toxicity-de"],
-                        {"bootstrap_iters": 30, "layers": layers, "save_states_dir": str(folder)}, 24)
+                        {"bootstrap_iters": 30, "pca_components": 4, "layers": layers, "save_states_dir": str(folder)}, 24)
         states = load_states(next(folder.glob("safespace_states_safespace-toxicity-de*.npz")))
         out[key] = (res["results"]["safespace-toxicity-de"], states)
     return out

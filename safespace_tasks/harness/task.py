@@ -394,11 +394,11 @@ class HiddenSpaceTask(CorpusTask):
                 analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
                 analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
             for m, why in res.degenerate.items():
-                log.warning("%s (layer %d): %s is NaN: %s", task, s.layers[j], m, why)
+                log.warning("%s (layer %d): %s is NaN: %s", task, int(layers[j]), m, why)
                 degenerate.setdefault(str(int(layers[j])), {})[m] = why
             for m, sp in res.spread.items():
                 if sp.get("reason") and m not in res.degenerate:
-                    log.warning("%s (layer %d): %s has no stderr/interval: %s", task, s.layers[j], m, sp["reason"])
+                    log.warning("%s (layer %d): %s has no stderr/interval: %s", task, int(layers[j]), m, sp["reason"])
             per_layer[str(int(layers[j]))] = res.to_dict()
             if res.diagnostics.get("bhattacharyya_ridge"):
                 log.warning(
