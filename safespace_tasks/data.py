@@ -481,6 +481,9 @@ __all__ += ["RTPLX", "RTPLX_MIRRORED", "LANGUAGE_NAMES", "language_name", "rtplx
 # --- safety-unit calibration sets (mirror files; see the mirror README) ----------------------------
 
 MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+# MultiJail as a per-language dataset (the reasoning-direction family has one task per language)
+MULTIJAIL = DatasetSpec(hub_id="DAMO-NLP-SG/MultiJail", languages=MULTIJAIL_LANGUAGES, columns={"text": str},
+                        mirror_folder="multijail")
 _UNIT_FILES = {
     "advbench": ("advbench/harmful_behaviors.jsonl", ("id", "goal")),
     "safety_refusals": ("safety_refusals/train.jsonl", ("id", "prompt", "response")),
@@ -532,4 +535,4 @@ def multijail_rows(language: str, data_dir: str | os.PathLike | None = None) -> 
     return _unit_rows(f"multijail/{language}.jsonl", ("id", "text"), data_dir)
 
 
-__all__ += ["MULTIJAIL_LANGUAGES", "advbench_rows", "safety_refusal_rows", "alpaca_seed_rows", "multijail_rows"]
+__all__ += ["MULTIJAIL_LANGUAGES", "MULTIJAIL", "advbench_rows", "safety_refusal_rows", "alpaca_seed_rows", "multijail_rows"]

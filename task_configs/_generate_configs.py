@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safespace_tasks.data import MULTIJAIL_LANGUAGES, PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
+from safespace_tasks.data import MULTIJAIL, MULTIJAIL_LANGUAGES, PARADETOX, RTPLX, RTPLX_MIRRORED, TOXICITY
 from safespace_tasks.metric_table import family_mean_metrics
 from safespace_tasks.metric_table import spec as metric_spec
 
@@ -23,6 +23,7 @@ FAMILIES = {
     "recognition": ("_recognition_template_yaml", TOXICITY, "safespace_recognition", "safespace-recognition"),
     "paradetox": ("_paradetox_template_yaml", PARADETOX, "safespace_paradetox", "safespace-paradetox"),
     "detoxpref": ("_detoxpref_template_yaml", PARADETOX, "safespace_detoxpref", "safespace-detoxpref"),
+    "direction": ("_direction_template_yaml", MULTIJAIL, "safespace_direction", "safespace-direction"),
 }
 # Families whose group (the family row) holds only some of their languages: RTP-LX locales outside
 # the mirror exist as tasks (they read the Hub) but stay out of the group, so that the group runs

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SettingsError", "setting", "parse_settings", "TaskSettings", "Item", "Analysis", "CorpusAggregator",
-    "CorpusTask", "validate_metadata", "validate_cli_args", "settings_for", "family_of",
+    "CorpusTask", "PENDING_DETAILS", "validate_metadata", "validate_cli_args", "settings_for", "family_of",
 ]
 
 # Metadata keys lm-eval or the plugin put there themselves (never a user's setting).
@@ -353,6 +353,10 @@ class CorpusAggregator:
 # --------------------------------------------------------------------------- the task core
 
 
+# Task name -> details of its latest analysis, waiting to be written beside the results (WRITE_DETAILS).
+PENDING_DETAILS: dict[str, dict[str, Any]] = {}
+
+
 class CorpusTask(ConfigurableTask):
     """One language of one family; the family supplies only what differs.
 
@@ -377,6 +381,9 @@ class CorpusTask(ConfigurableTask):
     REQUEST_TYPE: str | None = None
     OUTPUT_TYPE_REQUIRED: str | None = None
     INPUT_ERRORS: tuple[type[BaseException], ...] = ()
+    # write this task's analysis details into safespace_details_<date>.json beside the results
+    # (families whose states bundle carries its own details leave this off)
+    WRITE_DETAILS: bool = False
 
     _registry: dict[str, type["CorpusTask"]] = {}
 
@@ -532,6 +539,8 @@ class CorpusTask(ConfigurableTask):
             data_notes=[n for r in self.data_reports.values() for n in r.notes],
         )
         self.on_analysis(analysis, unique)
+        if self.WRITE_DETAILS:
+            PENDING_DETAILS[self.config.task] = analysis.details
         self._analysis_cache = (key, analysis)
         return analysis
 
@@ -561,7 +570,7 @@ def _empty_language_message(task: str, dataset: str, language: str, report: data
 # Modules whose CorpusTask subclasses are the families (importing one registers its families).
 FAMILY_MODULES = ("safespace_tasks.harness.task", "safespace_tasks.harness.pairs", "safespace_tasks.harness.behaviour",
                   "safespace_tasks.harness.units_task", "safespace_tasks.harness.transfer_task",
-                  "safespace_tasks.harness.refusal_task")
+                  "safespace_tasks.harness.refusal_task", "safespace_tasks.harness.direction_task")
 
 
 def _family_settings() -> dict[str, type[TaskSettings]]:

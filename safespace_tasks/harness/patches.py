@@ -90,6 +90,11 @@ def write_pending_states(folder: Path, date_id: str | None, task_names, model_in
     from safespace_tasks.harness.units_task import write_pending_units
 
     written += write_pending_units(folder, date_id, task_names, model_info)
+    from safespace_tasks.harness.corpus import PENDING_DETAILS
+
+    for name in task_names:
+        if name in PENDING_DETAILS:
+            details[name] = PENDING_DETAILS.pop(name)
     if details:
         path = Path(folder) / f"safespace_details{'_' + date_id if date_id else ''}.json"
         path.write_text(json.dumps(details, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
