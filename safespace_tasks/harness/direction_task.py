@@ -30,6 +30,10 @@ stderr), ``direction_harmful`` and ``direction_harmless`` (the two means at the 
 each with a bootstrap stderr over requests stratified by class. The per-layer curves of all three
 are in the task's details (``safespace_details_<date>.json`` beside the results).
 
+The control is English in every language (no harmless requests exist offline in the other MultiJail
+languages), so outside English the gap mixes language with harm: compare a language's numbers across
+models on the same texts (a model and its safety-tuned twin), not across languages of one model.
+
 Docs alternate harmful and harmless (harmful first), so ``--limit N`` keeps about N/2 of each.
 """
 
