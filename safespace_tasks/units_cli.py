@@ -10,6 +10,11 @@
         classes RU/SCU/UCU/CU with their parameter and unit shares (JSON on stdout, beside the mask)
     safespace units prune --model PATH --mask mask.safetensors --out DIR [--classes SCU] [--compensate]
         an ordinary model folder with the chosen classes zeroed, loadable by ``--model hf``
+    safespace units compare --from-run BASE_RUN --to-run ALIGNED_RUN [--out compare.json]
+        two ``safespace_units`` runs of models with the same architecture (a base model and its
+        fine-tuned twin): per set (refusals, each MultiJail language), the Jaccard of the two SCU sets
+        beside the Jaccard of random sets of those sizes, the class shares of each, and where the
+        first model's SCUs went in the second (the class transition matrix)
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pp.add_argument("--compensate", action="store_true",
                     help="add the pruned channels' mean input through their outgoing weights as a bias (needs --stats)")
     pp.add_argument("--stats", default=None, help="statistics file whose pooled means feed --compensate")
+
+
+    cp = sub.add_parser("compare", help="how the unit classes move between two models of one architecture")
+    cp.add_argument("--from-run", dest="from_run", required=True, metavar="DIR", help="safespace_units run of the first model")
+    cp.add_argument("--to-run", dest="to_run", required=True, metavar="DIR", help="safespace_units run of the second model")
+    cp.add_argument("--out", default=None, help="write the comparison here as JSON (default: stdout only)")
+    cp.add_argument("--ru", type=float, default=0.10)
+    cp.add_argument("--scu", type=float, default=0.01)
+    cp.add_argument("--ucu", type=float, default=0.10)
 
 
 def _chat(tok, request: str, use_template: bool) -> str:
@@ -207,6 +221,62 @@ def prune_main(args) -> int:
     return 0
 
 
+def compare_runs(stats_a: str | Path, stats_b: str | Path, settings=None) -> dict[str, Any]:
+    """Per set both files hold (``safety`` and every ``mj_<lang>``), classes against each file's own
+    utility set: the Jaccard of the SCU sets with its random-set expectation, the class shares of each
+    model and the transition matrix (rows: class in the first model, columns: in the second; unit counts)."""
+    import numpy as np
+
+    from safespace_tasks.unit_masks import MaskError, load_unit_stats
+    from safespace_tasks.units import CLASSES, ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids
+
+    settings = settings or ClassSettings()
+    sets_a, layout_a, info_a = load_unit_stats(stats_a)
+    sets_b, layout_b, info_b = load_unit_stats(stats_b)
+    if layout_a.to_dict() != layout_b.to_dict():
+        raise MaskError(f"{stats_a} and {stats_b} describe different unit layouts (architectures); "
+                        "compare runs of two models of one architecture (a base model and its fine-tuned twin).")
+    names = [n for n in ("safety", *sorted(k for k in sets_a if k.startswith("mj_") and "_half" not in k))
+             if n in sets_b]
+    if not names:
+        raise MaskError(f"{stats_a} and {stats_b} share no set to compare.")
+    classes = sorted(CLASSES, key=CLASSES.get)
+    from dataclasses import asdict
+
+    out: dict[str, Any] = {"from": str(stats_a), "to": str(stats_b), "settings": asdict(settings), "sets": {}}
+    for name in names:
+        ra = analyse(sets_a[name], sets_a["utility"], layout_a, settings)
+        rb = analyse(sets_b[name], sets_b["utility"], layout_b, settings)
+        la, lb = ra["arrays"]["labels"], rb["arrays"]["labels"]
+        sa, sb = scu_ids(la), scu_ids(lb)
+        matrix = {ca: {cb: int(np.sum((la == CLASSES[ca]) & (lb == CLASSES[cb]))) for cb in classes} for ca in classes}
+        out["sets"][name] = {
+            "scu_jaccard": jaccard(sa, sb),
+            "scu_jaccard_random": expected_random_jaccard(layout_a.n_units, len(sa), len(sb)),
+            "scu_sizes": [int(len(sa)), int(len(sb))],
+            "scu_kept": float(np.mean(lb[la == CLASSES["SCU"]] == CLASSES["SCU"])) if len(sa) else float("nan"),
+            "shares_from": {c: v["params"] for c, v in ra["shares"].items()},
+            "shares_to": {c: v["params"] for c, v in rb["shares"].items()},
+            "transitions": matrix,
+        }
+    return out
+
+
+def compare_main(args) -> int:
+    from safespace_tasks.units import ClassSettings
+
+    result = compare_runs(run_stats_file(args.from_run), run_stats_file(args.to_run),
+                          ClassSettings(ru=args.ru, scu=args.scu, ucu=args.ucu))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    lines = [f"{'set':<8} {'SCU Jaccard':>11} {'random':>8} {'SCUs kept':>9}"]
+    for name, r in result["sets"].items():
+        lines.append(f"{name:<8} {r['scu_jaccard']:>11.3f} {r['scu_jaccard_random']:>8.4f} {r['scu_kept']:>9.1%}")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="safespace units", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
@@ -217,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safespace_tasks.units import UnitsError
 
     try:
-        return {"stats": stats_main, "mask": mask_main, "prune": prune_main}[args.units_command](args)
+        return {"stats": stats_main, "mask": mask_main, "prune": prune_main, "compare": compare_main}[args.units_command](args)
     except (MaskError, UnitsError, CaptureError, DataError) as err:
         print(f"safespace units {args.units_command}: {err}", file=sys.stderr)
         return 2

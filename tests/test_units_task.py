@@ -254,3 +254,38 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
     ranks[1].add((docs[0]["language"], docs[0]["half"]), docs[0]["id"], per_doc[0])  # the same doc on both ranks
     with pytest.raises(UnitsError, match="two processes"):
         task._merged([Item(d["id"], response=ranks[r], language=d["language"]) for r, d in items])
+
+
+def test_compare_two_runs(units_run, tmp_path, capsys):
+    """``units compare``: a run against itself keeps every class; against a file whose English set is
+    the Thai one, its English SCU Jaccard is the English-vs-Thai Jaccard computed here directly."""
+    from safespace_tasks import units_cli
+    from safespace_tasks.unit_masks import MaskError, load_unit_stats, save_unit_stats
+    from safespace_tasks.units import ClassSettings, analyse
+
+    out, _, _ = units_run
+    stats = units_cli.run_stats_file(out)
+    same = units_cli.compare_runs(stats, stats)
+    assert set(same["sets"]) == {"safety", *(f"mj_{lang}" for lang in LANGS)}
+    for r in same["sets"].values():
+        assert r["scu_jaccard"] == 1.0 and r["scu_kept"] == 1.0
+        t = r["transitions"]
+        assert all(t[a][b] == 0 for a in t for b in t[a] if a != b)
+        assert r["scu_jaccard_random"] < 0.2
+    sets, layout, info = load_unit_stats(stats)
+    swapped = {**sets, "mj_en": sets["mj_th"]}
+    other = save_unit_stats(tmp_path / "b" / "safespace_units_x.safetensors", swapped, layout, {})
+    res = units_cli.compare_runs(stats, other)
+    lab = lambda name: analyse(sets[name], sets["utility"], layout, ClassSettings())["arrays"]["labels"]  # noqa: E731
+    en, th = lab("mj_en") == CLASSES["SCU"], lab("mj_th") == CLASSES["SCU"]
+    assert res["sets"]["mj_en"]["scu_jaccard"] == pytest.approx((en & th).sum() / (en | th).sum())
+    assert res["sets"]["mj_th"]["scu_jaccard"] == 1.0
+    assert sum(res["sets"]["mj_en"]["transitions"]["SCU"].values()) == en.sum()
+    assert units_cli.main(["compare", "--from-run", str(out), "--to-run", str(tmp_path / "b"),
+                           "--out", str(tmp_path / "c.json")]) == 0
+    assert "mj_en" in capsys.readouterr().out and json.loads((tmp_path / "c.json").read_text())["sets"]
+    import dataclasses
+
+    bad = save_unit_stats(tmp_path / "c" / "s.safetensors", sets, dataclasses.replace(layout, model_class="OtherForCausalLM"), {})
+    with pytest.raises(MaskError, match="different unit layouts"):
+        units_cli.compare_runs(stats, bad)
