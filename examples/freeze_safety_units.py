@@ -32,11 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from safespace_tasks.data import advbench_rows, alpaca_seed_rows, resolve_data_dir
-from safespace_tasks.refusal import summarize_replies
-from safespace_tasks.capture import find_decoder_parts
-from safespace_tasks.unit_masks import load_mask, load_unit_stats
-from safespace_tasks.units import CLASSES, ClassSettings, analyse
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prune_safety_units import eval_data_root  # noqa: E402
+
+from safespace_tasks.data import advbench_rows, alpaca_seed_rows  # noqa: E402
+from safespace_tasks.refusal import summarize_replies  # noqa: E402
+from safespace_tasks.capture import find_decoder_parts  # noqa: E402
+from safespace_tasks.unit_masks import load_mask, load_unit_stats  # noqa: E402
+from safespace_tasks.units import CLASSES, ClassSettings, analyse  # noqa: E402
 
 MODES = ("none", "scu", "scu_cu")
 
@@ -234,11 +237,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     args = parse_args(argv)
-    if not 1 <= args.n_requests <= 100:
-        raise SystemExit("--n-requests must lie in [1, 100]: only AdvBench rows 0-99 are never calibration data")
-    root = resolve_data_dir(args.data_dir)
-    if root is None:
-        raise SystemExit("set $SAFESPACE_DATA_DIR (or --data-dir) to the data mirror")
+    root = eval_data_root(args.n_requests, args.data_dir)
     out, run_dir = Path(args.out), Path(args.units)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.model)

@@ -63,6 +63,14 @@ def units_sample_ids(units_json: dict, data_dir) -> set[int]:
     return {int(rows[i]["id"]) for i in _sample(len(rows), int(settings["n_samples"]), int(settings["seed"]), "multijail")}
 
 
+def paired_change(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Mean of new - base over the same requests and its standard error (sd of the differences / sqrt n)."""
+    d = np.asarray(new, np.float64) - np.asarray(base, np.float64)
+    if d.size < 2:
+        return float(d.mean()) if d.size else float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+
+
 def margins(lm, languages: list[str], samples: dict[str, list[int]], data_dir: str | None) -> dict[str, dict[int, float]]:
     """Per language: request id -> margin, from the harness's margin task on ``lm``."""
     import lm_eval
@@ -163,9 +171,7 @@ def main(argv=None) -> dict:
             row["margin"][lang] = float(m.mean())
             row["positive"][lang] = float((m > 0).mean())
             if base is not None:
-                d = m - np.array([base[lang][i] for i in ids])
-                row["change"][lang] = float(d.mean())
-                row["change_stderr"][lang] = float(d.std(ddof=1) / np.sqrt(len(d)))
+                row["change"][lang], row["change_stderr"][lang] = paired_change(m, np.array([base[lang][i] for i in ids]))
         if base is None:
             base = per
         results["variants"][name] = row

@@ -47,6 +47,16 @@ def chat(tok, request: str) -> str:
     return request + "\n"
 
 
+def eval_data_root(n_requests: int, data_dir: str | None) -> Path:
+    """The data mirror, after checking that only AdvBench rows 0-99 (never calibration data) are asked for."""
+    if not 1 <= n_requests <= 100:
+        raise SystemExit("--n-requests must lie in [1, 100]: only AdvBench rows 0-99 are never calibration data")
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise SystemExit("set $SAFESPACE_DATA_DIR (or --data-dir) to the data mirror")
+    return root
+
+
 def random_mask(mask: UnitMask, params_per_neuron: float, params_per_head: float, seed: int) -> tuple[UnitMask, dict]:
     """A mask whose "SCU" units are random units holding at least as many parameters as the SCUs of ``mask``."""
     sel_mlp, sel_attn = mask.selected(("SCU",))
@@ -161,11 +171,7 @@ def main(argv=None) -> dict:
     from transformers import AutoTokenizer
 
     args = parse_args(argv)
-    if not 1 <= args.n_requests <= 100:
-        raise SystemExit("--n-requests must lie in [1, 100]: only AdvBench rows 0-99 are never calibration data")
-    root = resolve_data_dir(args.data_dir)
-    if root is None:
-        raise SystemExit("set $SAFESPACE_DATA_DIR (or --data-dir) to the data mirror")
+    root = eval_data_root(args.n_requests, args.data_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
