@@ -37,6 +37,8 @@ class MetricSpec:
         ``<name>_<target>``, then the layer suffix): the transfer task's metrics.
     sweep_only: reported only when a task reads two or more layers (the peak summary); not in
         :func:`family_metrics`, the task adds it once the layers are known.
+    interval: the task reports a standard error for it (False: a diagnostic read beside a metric,
+        whose gain the report shows without an interval and without a notice about the missing one).
     """
 
     name: str
@@ -50,6 +52,7 @@ class MetricSpec:
     aggregation: str = CORPUS
     per_language: bool = False
     sweep_only: bool = False
+    interval: bool = True
 
 
 _SEP = ("toxicity", "paradetox")
@@ -84,6 +87,14 @@ METRICS: tuple[MetricSpec, ...] = (
                  f"permutation p-value of the {title} (0–1]; small = more separation than shuffled labels give",
                  family_mean=False, per_layer=True)
       for m, title, unit in _NULL_OF),
+    # the two terms of the Bhattacharyya distance (they sum to it; NaN where it is NaN): which one moved.
+    # Diagnostics: no bootstrap, no null floor, no family mean, no peak summary.
+    MetricSpec("bhattacharyya_mean_term", True, "Bhattacharyya mean term", "nats", _SEP,
+               "⅛ Δμᵀ Σ̄⁻¹ Δμ on PCA-k: the class means' distance in units of the pooled covariance",
+               family_mean=False, per_layer=True, interval=False),
+    MetricSpec("bhattacharyya_cov_term", True, "Bhattacharyya covariance term", "nats", _SEP,
+               "½ ln(det Σ̄ / √(det Σ₀ det Σ₁)) on PCA-k: how much the class covariances differ (0 when equal)",
+               family_mean=False, per_layer=True, interval=False),
     # pairs (safespace_tasks.metrics.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
@@ -163,7 +174,8 @@ def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
     out = []
     references = {f"{n}{tail}" for n, _, _ in _NULL_OF for tail in ("_null", "_p")}
     for m in rows:
-        if not m.per_layer or m.name in references:  # a null floor or p-value has no "best layer"
+        # a null floor, a p-value or a diagnostic term has no "best layer"
+        if not m.per_layer or m.name in references or not m.interval:
             continue
         out += [
             MetricSpec(f"{m.name}_best", m.higher_is_better, f"{m.title}, best layer's value", m.unit, m.families,

@@ -74,6 +74,7 @@ __all__ = [
     "paired_bootstrap_difference",
     "paired_shift_difference",
     "SILHOUETTE_MAX_N",
+    "BHATTACHARYYA_TERMS",
 ]
 
 # Relative ridge added to a covariance that is singular (or numerically so): lambda =
@@ -885,6 +886,14 @@ class SeparationResult:
             out[m + "_p"] = float(self.p_value.get(m, float("nan")))
         return out
 
+    def bhattacharyya_terms(self) -> dict[str, float]:
+        """The distance's two terms, ``bhattacharyya_mean_term`` (⅛ Δμᵀ Σ̄⁻¹ Δμ) and
+        ``bhattacharyya_cov_term`` (½ ln(det Σ̄ / √(det Σ₀ det Σ₁))), with the ridge the distance used;
+        they sum to ``values["bhattacharyya"]``. NaN where the distance is NaN (degenerate or not computed)."""
+        ok = np.isfinite(self.values.get("bhattacharyya", float("nan")))
+        return {name: float(self.diagnostics.get(key)) if ok and self.diagnostics.get(key) is not None else float("nan")
+                for name, key in BHATTACHARYYA_TERMS.items()}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "values": dict(self.values),
@@ -902,6 +911,9 @@ class SeparationResult:
 
 
 METRIC_NAMES = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
+# reported metric name -> the diagnostics key of :func:`separation_metrics` it is read from
+BHATTACHARYYA_TERMS = {"bhattacharyya_mean_term": "bhattacharyya_mahalanobis_term",
+                       "bhattacharyya_cov_term": "bhattacharyya_covariance_term"}
 
 
 # Above this many texts the silhouette (point estimate and bootstrap) is computed on a seeded,

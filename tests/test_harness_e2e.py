@@ -121,8 +121,14 @@ def test_saved_states_reproduce_the_reported_metrics(dropin_run):
         cb = (c0 + c1) / 2
         ridge = b.meta["metrics_by_layer"]["2"]["diagnostics"]["bhattacharyya_ridge"]
         cb, c0, c1 = (c + ridge * np.eye(10) for c in (cb, c0, c1))
-        bd = d @ np.linalg.solve(cb, d) / 8 + 0.5 * (np.linalg.slogdet(cb)[1] - 0.5 * (np.linalg.slogdet(c0)[1] + np.linalg.slogdet(c1)[1]))
+        mean_term = d @ np.linalg.solve(cb, d) / 8
+        cov_term = 0.5 * (np.linalg.slogdet(cb)[1] - 0.5 * (np.linalg.slogdet(c0)[1] + np.linalg.slogdet(c1)[1]))
+        bd = mean_term + cov_term
         assert row["bhattacharyya,none"] == pytest.approx(bd, rel=1e-6)
+        # its two terms, reported as diagnostics (no stderr)
+        assert row["bhattacharyya_mean_term,none"] == pytest.approx(mean_term, rel=1e-6)
+        assert row["bhattacharyya_cov_term,none"] == pytest.approx(cov_term, rel=1e-6, abs=1e-9)
+        assert row["bhattacharyya_mean_term_stderr,none"] == "N/A"
         cv = StratifiedKFold(5, shuffle=True, random_state=1234)
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         scores = cross_val_predict(probe, X, y, cv=cv, method="decision_function")

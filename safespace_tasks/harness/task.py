@@ -393,6 +393,8 @@ class HiddenSpaceTask(CorpusTask):
             for m in METRIC_NAMES:  # the null floor and the permutation p-value (no stderr: references)
                 analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
                 analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
+            for m, v in res.bhattacharyya_terms().items():  # diagnostics: no stderr
+                analysis.values[m + suffix] = _number(v)
             for m, why in res.degenerate.items():
                 log.warning("%s (layer %d): %s is NaN: %s", task, int(layers[j]), m, why)
                 degenerate.setdefault(str(int(layers[j])), {})[m] = why
