@@ -10,20 +10,27 @@ model (gemma-3-270m by default) and measures both with the project's own tools:
    (normalised exact match) with the English evaluation sets (``multilingual_paradetox/en.jsonl``,
    ``multilingual_toxicity_dataset/en.jsonl``) is dropped and counted; the kept pairs are checked again
    and the script stops if any overlap remains;
-3. a short DPO (one epoch over ``--pairs`` pairs, seeds fixed) written in plain torch: the reference
-   log-probabilities are those of the frozen base model, computed once before training;
-4. save the aligned checkpoint (``save_pretrained`` + tokenizer);
-5. run the toxicity (15 languages) and paradetox (9 languages) families on both models with the same
-   texts, through ``safespace-eval`` in a subprocess (``--limit`` texts per language);
-6. ``safespace report`` on the two runs: the alignment gain per language with its paired interval.
+3. train, written in plain torch, every parameter by default (``--freeze-embeddings`` keeps the token
+   embeddings out). ``--arm dpo`` (default): DPO, the reference log-probabilities those of the frozen
+   base model, computed once. Two negative controls with the same pairs, optimizer, steps and batches:
+   ``--arm swap`` (chosen and rejected exchanged at random in about half the pairs, seeded: no consistent
+   preference) and ``--arm sft`` (next-token loss on the neutral rewrites only: drift without a preference);
+4. save a checkpoint at each dose of ``--eval-at`` (epochs or steps; default: the end of training only);
+5. run the toxicity (15 languages) and paradetox (9 languages) families on the base model (once) and on
+   each checkpoint with the same texts, through ``safespace-eval`` in a subprocess (``--limit`` texts
+   per language); an intermediate checkpoint is deleted once evaluated, the last is kept;
+6. ``safespace report`` on all runs with the base as base: per language and dose the gain with its
+   paired interval, the mean and English-minus-rest gains; the dose-response table and its plot.
 
 Each step is timed; ``OUT/replication.json`` holds the settings, the data counts (the overlap count
-among them), the DPO losses, the timings and the paths. Usage::
+among them), the losses, the timings, the paths, the final dose's gains and the dose-response. Usage::
 
-    OMP_NUM_THREADS=2 SAFESPACE_DATA_DIR=../shared/data python examples/replicate_alignment_gain.py out/dpo_s0 --seed 0
+    OMP_NUM_THREADS=2 SAFESPACE_DATA_DIR=../shared/data python examples/replicate_alignment_gain.py out/dpo_s0 \
+        --seed 0 --eval-at 0,0.25,0.5,1
 
 Needs only the project's own dependencies (torch, transformers) plus ``.[models]`` for gemma-3-270m and
-``.[report]`` for the pictures. See docs/replication.md.
+``.[report]`` for the pictures. See docs/replication.md; ``examples/replication_tables.py`` turns several
+runs' replication.json into the tables of that page.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -194,8 +202,9 @@ def encode_pairs(tok, pairs: list[dict], *, prompt: str, max_length: int) -> tup
     return out, cut
 
 
-def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, device) -> "torch.Tensor":
-    """Sum of the log-probabilities of the response tokens of each sequence (right padding)."""
+def _token_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, device):
+    """Log-probability of every next token of each sequence (right padding) and the mask of the
+    response tokens among them (shape batch x (width - 1))."""
     import torch
 
     width = max(len(ids) for ids, _ in seqs)
@@ -209,7 +218,20 @@ def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, device
     ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    return (logp * resp[:, 1:]).sum(-1)
+    return logp, resp[:, 1:]
+
+
+def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, device) -> "torch.Tensor":
+    """Sum of the log-probabilities of the response tokens of each sequence (right padding)."""
+    logp, resp = _token_logps(model, seqs, pad_id, device)
+    return (logp * resp).sum(-1)
+
+
+def sft_loss(model, seqs: list[tuple[list[int], int]], pad_id: int, device) -> "torch.Tensor":
+    """Supervised next-token loss: the mean of -log p(token) over every response token of the batch
+    (the prompt and the padding are not trained on), as a causal LM's loss with labels masked to them."""
+    logp, resp = _token_logps(model, seqs, pad_id, device)
+    return -(logp * resp).sum() / resp.sum()
 
 
 def pair_logps(model, batch: list[dict], pad_id: int, device):
@@ -253,26 +275,88 @@ def mean_dpo_loss(model, encoded, ref, pad_id, device, *, beta: float, batch_siz
     return total / len(encoded)
 
 
-def train_dpo(model, tok, pairs: list[dict], *, beta: float, lr: float, batch_size: int, epochs: float,
-              max_length: int, prompt: str, seed: int, device, train_embeddings: bool = False, log=print) -> dict:
-    """One short DPO run in place on ``model``; returns losses, reward margins, counts and seconds."""
+ARMS = ("dpo", "swap", "sft")
+
+
+def swap_pairs(pairs: list[dict], seed: int) -> tuple[list[dict], list[bool]]:
+    """The swap control's pairs: chosen and rejected exchanged in each pair with probability 1/2
+    (its own random stream from ``seed``), so the preferences hold no consistent direction.
+    Returns the pairs and, per pair, whether it was swapped."""
+    rng = random.Random(f"swap-{seed}")
+    flags = [rng.random() < 0.5 for _ in pairs]
+    out = [{"chosen": p["rejected"], "rejected": p["chosen"]} if f else dict(p) for p, f in zip(pairs, flags)]
+    return out, flags
+
+
+def epochs_to_steps(epochs: float, n_pairs: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_pairs`` pairs, ``batch_size`` per step (rounded up)."""
+    return math.ceil(round(epochs * n_pairs / batch_size, 9)) if epochs > 0 else 0
+
+
+def parse_doses(spec: str, *, n_pairs: int, batch_size: int) -> list[dict]:
+    """``--eval-at``: comma-separated doses, a plain number in epochs (``0,0.25,0.5,1,2``) or a whole
+    number of optimizer steps with the suffix ``s`` (``0,10s,40s``). Sorted by step; 0 is the base model."""
+    doses = []
+    for raw in spec.split(","):
+        tok = raw.strip().lower()
+        if not tok:
+            continue
+        try:
+            if tok.endswith("steps") or tok.endswith("s"):
+                steps = int(tok.removesuffix("steps").removesuffix("s"))
+                if steps < 0:
+                    raise ValueError
+                epochs = steps * batch_size / n_pairs
+                label = "base" if steps == 0 else f"step{steps}"
+            else:
+                epochs = float(tok.removesuffix("ep"))
+                if not math.isfinite(epochs) or epochs < 0:
+                    raise ValueError
+                steps = epochs_to_steps(epochs, n_pairs, batch_size)
+                label = "base" if steps == 0 else f"ep{epochs:g}"
+        except ValueError:
+            raise SystemExit(f"--eval-at: {raw.strip()!r} is not a dose; give epochs (0.5, 1, 2) or steps (40s), "
+                             "comma-separated") from None
+        doses.append({"label": label, "epochs": epochs, "steps": steps})
+    if not doses or max(d["steps"] for d in doses) == 0:
+        raise SystemExit("--eval-at names no dose beyond 0: give at least one number of epochs or steps above 0")
+    doses.sort(key=lambda d: d["steps"])
+    for a, b in zip(doses, doses[1:]):
+        if a["steps"] == b["steps"]:
+            raise SystemExit(f"--eval-at: doses {a['label']} and {b['label']} are both step {a['steps']} "
+                             f"({n_pairs} pairs, {batch_size} per step): keep one")
+    return doses
+
+
+def train(model, tok, pairs: list[dict], *, arm: str = "dpo", beta: float, lr: float, batch_size: int,
+          epochs: float | None = None, steps: int | None = None, max_length: int, prompt: str, seed: int, device,
+          freeze_embeddings: bool = False, on_step=None, log=print) -> dict:
+    """Train ``model`` in place: DPO on the pairs (``arm`` dpo, or swap with pairs already swapped), or
+    supervised fine-tuning on the chosen texts only (``sft``). Every arm takes the same optimizer (AdamW,
+    10 % linear warm-up, gradient norm clipped at 1), the same number of steps and the same batches of
+    pair indices. ``steps`` (or ``epochs`` passes over the pairs) sets the length; ``on_step(step, model)``
+    is called after every optimizer step (1-based). Returns losses, reward margins, counts and seconds."""
     import torch
 
+    if arm not in ARMS:
+        raise ValueError(f"arm {arm!r}: choose one of {', '.join(ARMS)}")
     torch.manual_seed(seed)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded, n_cut = encode_pairs(tok, pairs, prompt=prompt, max_length=max_length)
     t0 = time.perf_counter()
-    ref = reference_logps(model, encoded, pad_id, device, batch_size)
+    ref = reference_logps(model, encoded, pad_id, device, batch_size) if arm != "sft" else None
     t_ref = time.perf_counter() - t0
     frozen = 0
-    if not train_embeddings:
+    if freeze_embeddings:
         for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
             for p in emb.parameters():
                 frozen += p.numel() if p.requires_grad else 0
                 p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    n_steps = max(1, math.ceil(epochs * len(encoded) / batch_size))
+    if steps is None:
+        steps = max(1, epochs_to_steps(1.0 if epochs is None else epochs, len(encoded), batch_size))
+    n_steps = int(steps)
     warmup = max(1, n_steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     rng = random.Random(seed + 1)
@@ -286,28 +370,43 @@ def train_dpo(model, tok, pairs: list[dict], *, beta: float, lr: float, batch_si
     t1 = time.perf_counter()
     for step in range(n_steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        c, r = pair_logps(model, [encoded[i] for i in idx], pad_id, device)
-        rc, rr = ref[0][idx].to(c.device), ref[1][idx].to(c.device)
-        loss = dpo_loss(c, r, rc, rr, beta).mean()
+        if arm == "sft":
+            loss = sft_loss(model, [encoded[i]["chosen"] for i in idx], pad_id, device)
+        else:
+            c, r = pair_logps(model, [encoded[i] for i in idx], pad_id, device)
+            rc, rr = ref[0][idx].to(c.device), ref[1][idx].to(c.device)
+            loss = dpo_loss(c, r, rc, rr, beta).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        margin = beta * ((c - rc) - (r - rr)).detach()
         losses.append(loss.item())
-        margins.append(margin.mean().item())
-        accs.append((margin > 0).float().mean().item())
+        if arm != "sft":
+            margin = beta * ((c - rc) - (r - rr)).detach()
+            margins.append(margin.mean().item())
+            accs.append((margin > 0).float().mean().item())
         if step % 10 == 0 or step == n_steps - 1:
-            log(f"  step {step + 1}/{n_steps}  loss {losses[-1]:.4f}  margin {margins[-1]:+.3f}  "
-                f"{time.perf_counter() - t1:.0f}s")
+            extra = f"  margin {margins[-1]:+.3f}" if margins else ""
+            log(f"  step {step + 1}/{n_steps}  loss {losses[-1]:.4f}{extra}  {time.perf_counter() - t1:.0f}s")
+        if on_step is not None:
+            model.eval()
+            on_step(step + 1, model)
+            model.train()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"steps": n_steps, "pairs": len(encoded), "pairs_cut_to_max_length": n_cut,
-            "frozen_embedding_params": frozen, "trained_params": sum(p.numel() for p in params),
-            "losses": losses, "reward_margins": margins, "reward_accuracies": accs,
+    return {"arm": arm, "loss": "sft: mean next-token loss on the response tokens" if arm == "sft" else
+            "dpo: -log sigmoid(beta * margin)", "steps": n_steps, "pairs": len(encoded),
+            "pairs_cut_to_max_length": n_cut, "frozen_embedding_params": frozen,
+            "trained_params": sum(p.numel() for p in params), "losses": losses,
+            "reward_margins": margins if arm != "sft" else None, "reward_accuracies": accs if arm != "sft" else None,
             "reference_seconds": t_ref, "train_seconds": time.perf_counter() - t1}
+
+
+def train_dpo(model, tok, pairs: list[dict], **kwargs) -> dict:
+    """:func:`train` with ``arm="dpo"``."""
+    return train(model, tok, pairs, arm="dpo", **kwargs)
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -344,11 +443,14 @@ def run_eval(model_dir: Path, out: Path, *, tasks: str, limit: int | None, devic
     return folders[0]
 
 
-def run_report(base: Path, aligned: Path, out: Path, *, env: dict, html: bool, plots: bool, log=print) -> dict:
-    """``safespace report`` with ``base`` and ``aligned``; returns the summary JSON's content."""
-    cmd = [sys.executable, "-m", "safespace_tasks.cli", "report", str(base), str(aligned),
-           "--label", f"base={base}", "--label", f"aligned={aligned}", "--base", "base", "--aligned", "aligned",
-           "--out", str(out), "--quiet"]
+def run_report(base: Path, aligned: dict[str, Path], out: Path, *, env: dict, html: bool, plots: bool,
+               log=print) -> dict:
+    """``safespace report`` with ``base`` (label ``base``) and each aligned run under its label; returns
+    the summary JSON's content (one gain entry per aligned run, all against the base)."""
+    cmd = [sys.executable, "-m", "safespace_tasks.cli", "report", str(base), *map(str, aligned.values()),
+           "--label", f"base={base}", "--base", "base", "--out", str(out), "--quiet"]
+    for label, run in aligned.items():
+        cmd += ["--label", f"{label}={run}", "--aligned", label]
     cmd += ["--html"] if html else []
     cmd += [] if plots else ["--no-plots"]
     log("  $ safespace " + " ".join(cmd[3:]))
@@ -359,15 +461,23 @@ def run_report(base: Path, aligned: Path, out: Path, *, env: dict, html: bool, p
     return json.loads((out / "summary.json").read_text())
 
 
-def gain_rows(summary: dict, metrics=("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")) -> list[dict]:
+GAIN_METRICS = ("bcv_ratio", "bhattacharyya", "bhattacharyya_mean_term", "bhattacharyya_cov_term", "silhouette",
+                "probe_auroc")
+
+
+def gain_rows(summary: dict, metrics=GAIN_METRICS, aligned: str | None = None) -> list[dict]:
     """One row per family and language: base and aligned value of each metric, the gain and its interval.
 
-    Read from the report's ``summary.json`` (its first base/aligned pair); a number the report lacks is None.
+    Read from the report's ``summary.json``: the gain entry of the run labelled ``aligned`` (default:
+    the first); a number the report lacks is None.
     """
     if not summary.get("gains"):
         return []
-    gain = summary["gains"][0]
-    base, aligned = summary["models"][gain["base"]], summary["models"][gain["aligned"]]
+    entries = [g for g in summary["gains"] if aligned is None or g["aligned"] == aligned]
+    if not entries:
+        raise SystemExit(f"the report holds no gain of {aligned!r}")
+    gain = entries[0]
+    base, aligned_m = summary["models"][gain["base"]], summary["models"][gain["aligned"]]
     rows = []
     for family, fam in gain["families"].items():
         langs = base["families"].get(family, {}).get("languages", [])
@@ -377,7 +487,7 @@ def gain_rows(summary: dict, metrics=("bcv_ratio", "bhattacharyya", "silhouette"
                 g = fam.get(m, {}).get("per_language", {}).get(lang) or {}
                 row[m] = {
                     "base": base["families"][family]["metrics"].get(m, {}).get("per_language", {}).get(lang),
-                    "aligned": aligned["families"].get(family, {}).get("metrics", {}).get(m, {})
+                    "aligned": aligned_m["families"].get(family, {}).get("metrics", {}).get(m, {})
                     .get("per_language", {}).get(lang),
                     "gain": g.get("gain"), "ci": g.get("ci"), "method": g.get("method"),
                 }
@@ -408,20 +518,38 @@ def default_device() -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="folder for the aligned checkpoint, the two runs, the report and replication.json")
+    p.add_argument("out", help="folder for the checkpoints, the runs, the report and replication.json")
     p.add_argument("--model", help="the base model folder or Hub id (default: `safespace model-path gemma-3-270m`)")
     p.add_argument("--data-dir", help="data mirror (default: $SAFESPACE_DATA_DIR)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the pair draw, the rewrite choice, the batch order and torch")
-    p.add_argument("--pairs", type=int, default=300, help="English preference pairs trained on (one epoch)")
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the pair draw, the rewrite choice, the batch order, the swap control's swaps and torch")
+    p.add_argument("--arm", choices=ARMS, default="dpo",
+                   help="dpo: the real arm (chosen = neutral rewrite, rejected = toxic original); swap: negative "
+                        "control, chosen and rejected exchanged at random in about half the pairs (seeded); sft: "
+                        "negative control, next-token loss on the neutral rewrites only. Same pairs, optimizer, "
+                        "steps and batches in every arm")
+    p.add_argument("--pairs", type=int, default=600, help="English preference pairs drawn (the data volume)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="passes over the pairs (default 1; with --eval-at: its largest dose)")
+    p.add_argument("--eval-at", metavar="DOSES",
+                   help="dose-response: comma-separated doses in epochs (0,0.25,0.5,1,2) or optimizer steps "
+                        "(0,10s,40s); training runs to the largest, a checkpoint is saved at each and evaluated "
+                        "with the same tasks and texts; 0 is the base model (evaluated once in any case). "
+                        "Default: the final dose only")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every dose's checkpoint (default: delete each after its evaluation, keep the last)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO temperature")
-    p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per DPO step")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     p.add_argument("--max-length", type=int, default=96, help="tokens per prompt + response (response cut to fit)")
     p.add_argument("--prompt", default="", help="text before every response (default: none, only the BOS token)")
-    p.add_argument("--train-embeddings", action="store_true",
-                   help="also train the (tied) token embeddings; off by default, which keeps the 262k-row "
-                        "embedding of gemma-3 out of the optimiser")
+    p.add_argument("--freeze-embeddings", action="store_true",
+                   help="keep the (tied) token embeddings out of training (default: every parameter is trained, as "
+                        "real preference tuning does). On gemma-3-270m the embedding is 168 M of 268 M parameters: "
+                        "freezing it saves about 2 GB of optimizer memory and about a third of the training time "
+                        "(21 instead of 31 min for 600 pairs x 1 epoch on 2 CPU cores) with the same English gain")
+    p.add_argument("--train-embeddings", action="store_true", help="deprecated, no effect: every parameter is "
+                                                                   "trained by default (see --freeze-embeddings)")
     p.add_argument("--device", default=None, help="cuda:0 when CUDA is present, else cpu")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="model dtype of the evaluation (default float32 on CPU, bfloat16 on CUDA); "
@@ -435,13 +563,32 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true", help="report tables and summary only")
     p.add_argument("--html", action="store_true", help="also write report.html")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.train_embeddings:
+        print("note: --train-embeddings is deprecated and has no effect: every parameter is trained by default "
+              "(--freeze-embeddings keeps the embeddings out)", file=sys.stderr)
+    if args.pairs < 1 or args.batch_size < 1:
+        p.error("--pairs and --batch-size must be at least 1")
+    if args.eval_at is None:
+        epochs = 1.0 if args.epochs is None else args.epochs
+        if epochs <= 0:
+            p.error("--epochs must be above 0")
+        args.eval_at = f"{epochs:g}"
+    args.doses = parse_doses(args.eval_at, n_pairs=args.pairs, batch_size=args.batch_size)
+    last = args.doses[-1]
+    if args.epochs is not None and epochs_to_steps(args.epochs, args.pairs, args.batch_size) != last["steps"]:
+        p.error(f"--epochs {args.epochs:g} and --eval-at (up to {last['label']}) disagree on the length of "
+                "training: drop --epochs, the largest dose sets it")
+    args.epochs = last["epochs"]
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safespace_tasks.report.dose import dose_response, plot_dose_response
 
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -460,7 +607,7 @@ def main(argv=None) -> dict:
 
         args.model = str(prepare("gemma-3-270m"))
     tok = AutoTokenizer.from_pretrained(args.model)
-    # Training is float32 on every device: a bfloat16 weight cannot take an update of lr 5e-6 (its
+    # Training is float32 on every device: a bfloat16 weight cannot take an update of lr 1e-5 (its
     # relative precision is 4e-3), so the step would round away. --dtype is the evaluation's dtype.
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     seconds["load"] = time.perf_counter() - t
@@ -470,25 +617,43 @@ def main(argv=None) -> dict:
     eval_texts = read_eval_texts(data_dir)
     pairs, counts = build_pairs(read_paradetox_tsv(data_dir / "paradetox_en" / "paradetox.tsv"), eval_texts,
                                 n_pairs=args.pairs, seed=args.seed)
+    if args.arm == "swap":
+        pairs, flags = swap_pairs(pairs, args.seed)
+        counts["swapped"] = sum(flags)
     seconds["pairs"] = time.perf_counter() - t
     print(f"ParaDetox English: {counts['rows']} rows, {counts['unusable']} unusable, "
           f"{counts['overlap_dropped']} dropped for sharing a text with the evaluation sets "
           f"({counts['overlap_by_source']}); {counts['pairs']} pairs drawn from {counts['clean_rows']}; "
-          "overlap of the training pairs with the evaluation texts: 0 (checked)")
+          "overlap of the training pairs with the evaluation texts: 0 (checked)"
+          + (f"; swap control: {counts['swapped']} of {len(pairs)} pairs swapped" if args.arm == "swap" else ""))
 
-    print(f"DPO: {len(pairs)} pairs, beta {args.beta}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epoch(s)")
-    info = train_dpo(model, tok, pairs, beta=args.beta, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                     max_length=args.max_length, prompt=args.prompt, seed=args.seed, device=device,
-                     train_embeddings=args.train_embeddings)
+    doses = args.doses
+    trained = [d for d in doses if d["steps"] > 0]
+    final = trained[-1]
+    ckpt_of = {d["steps"]: (out / "aligned" if d is final else out / "checkpoints" / d["label"]) for d in trained}
+    save_seconds = [0.0]
+
+    def on_step(step, m):
+        if step in ckpt_of:
+            ts = time.perf_counter()
+            m.save_pretrained(ckpt_of[step])
+            tok.save_pretrained(ckpt_of[step])
+            save_seconds[0] += time.perf_counter() - ts
+            print(f"  checkpoint at step {step}: {ckpt_of[step]}")
+
+    what = "SFT on the neutral rewrites" if args.arm == "sft" else "DPO" + (" (swap control)" if args.arm == "swap" else "")
+    print(f"{what}: {len(pairs)} pairs, lr {args.lr}, batch {args.batch_size}, {final['steps']} steps "
+          f"({args.epochs:g} epoch(s)), doses {', '.join(d['label'] for d in doses)}"
+          + ("" if args.arm == "sft" else f", beta {args.beta}")
+          + (", embeddings frozen" if args.freeze_embeddings else ", every parameter trained"))
+    info = train(model, tok, pairs, arm=args.arm, beta=args.beta, lr=args.lr, batch_size=args.batch_size,
+                 steps=final["steps"], max_length=args.max_length, prompt=args.prompt, seed=args.seed, device=device,
+                 freeze_embeddings=args.freeze_embeddings, on_step=on_step)
     seconds["reference_logps"] = info["reference_seconds"]
-    seconds["train"] = info["train_seconds"]
-
-    t = time.perf_counter()
-    aligned_dir = out / "aligned"
-    model.save_pretrained(aligned_dir)
-    tok.save_pretrained(aligned_dir)
-    (aligned_dir / "dpo_training.json").write_text(json.dumps(info, indent=1))
-    seconds["save"] = time.perf_counter() - t
+    seconds["train"] = info["train_seconds"] - save_seconds[0]
+    seconds["save"] = save_seconds[0]
+    for d in trained:
+        (ckpt_of[d["steps"]] / "training.json").write_text(json.dumps({**info, "dose": d}, indent=1))
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -506,36 +671,74 @@ def main(argv=None) -> dict:
         print("evaluating the base model")
         base_run = run_eval(Path(args.model), out / "runs" / "base", **eval_kw)
         seconds["eval_base"] = time.perf_counter() - t
-    t = time.perf_counter()
-    print("evaluating the aligned model")
-    aligned_run = run_eval(aligned_dir, out / "runs" / "aligned", **eval_kw)
-    seconds["eval_aligned"] = time.perf_counter() - t
+    runs: dict[str, Path] = {}
+    for d in trained:
+        t = time.perf_counter()
+        print(f"evaluating dose {d['label']} (step {d['steps']})")
+        runs[d["label"]] = run_eval(ckpt_of[d["steps"]], out / "runs" / d["label"], **eval_kw)
+        seconds[f"eval_{d['label']}"] = time.perf_counter() - t
+        d["checkpoint"] = str(ckpt_of[d["steps"]])
+        d["checkpoint_kept"] = d is final or args.keep_checkpoints
+        if not d["checkpoint_kept"]:
+            shutil.rmtree(ckpt_of[d["steps"]])
+    for d in doses:
+        if d["steps"] > 0:
+            first = next(i for i, x in enumerate(trained) if x is d)
+            lo = trained[first - 1]["steps"] if first else 0
+            d["mean_loss"] = float(sum(info["losses"][lo:d["steps"]]) / (d["steps"] - lo))
 
     t = time.perf_counter()
     print("report")
-    summary = run_report(base_run, aligned_run, out / "report", env=env, html=args.html, plots=not args.no_plots)
+    summary = run_report(base_run, runs, out / "report", env=env, html=args.html, plots=not args.no_plots)
+    table = dose_response(summary, "base", [{"label": "base", "epochs": 0.0, "steps": 0}, *trained])
+    plots = [] if args.no_plots else plot_dose_response(table, out / "report" / "img")
     seconds["report"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
 
     result = {
-        "base_model": args.model, "aligned_model": str(aligned_dir), "device": device,
+        "format": "safespace-replication", "format_version": 2,
+        "arm": args.arm,
+        "base_model": args.model, "aligned_model": str(out / "aligned"), "device": device,
         "train_dtype": "float32", "eval_dtype": dtype,
-        "settings": {k: getattr(args, k) for k in ("seed", "pairs", "epochs", "beta", "lr", "batch_size",
-                                                   "max_length", "prompt", "train_embeddings", "tasks", "limit",
-                                                   "eval_batch_size", "metadata", "threads")},
+        "settings": {k: getattr(args, k) for k in ("arm", "seed", "pairs", "epochs", "eval_at", "beta", "lr",
+                                                   "batch_size", "max_length", "prompt", "freeze_embeddings", "tasks",
+                                                   "limit", "eval_batch_size", "metadata", "threads")},
         "data": counts,
-        "dpo": {k: v for k, v in info.items() if k not in ("reference_seconds", "train_seconds")},
+        "doses": doses,
+        "training": {k: v for k, v in info.items() if k not in ("reference_seconds", "train_seconds")},
         "seconds": seconds,
-        "runs": {"base": str(base_run), "aligned": str(aligned_run)},
+        "runs": {"base": str(base_run), **{k: str(v) for k, v in runs.items()}},
         "report": str(out / "report" / "report.md"),
-        "gains": gain_rows(summary),
+        "plots": [str(p) for p in plots],
+        "gains": gain_rows(summary, aligned=final["label"]),
+        "dose_response": table,
     }
     (out / "replication.json").write_text(json.dumps(result, indent=1))
     for metric in ("bcv_ratio", "probe_auroc"):
         print(format_rows(result["gains"], metric))
+    print(format_doses(table))
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     print(f"report: {out / 'report' / 'report.md'}   summary: {out / 'replication.json'}")
     return result
+
+
+def format_doses(table: dict, metric: str = "bcv_ratio") -> str:
+    """English gain and English-minus-rest gain of ``metric`` at each dose, per family."""
+    def num(x):
+        return "-" if x is None else f"{x:+.3f}"
+
+    lines = [f"{metric} by dose: family  dose  en gain [95 % interval]  en - rest [95 % interval]"]
+    for fam, metrics in table["families"].items():
+        if metric not in metrics:
+            continue
+        en = metrics[metric]["per_language"].get("en")
+        for i, d in enumerate(table["doses"]):
+            gap = metrics[metric]["english_minus_rest_gain"][i]
+            g = en[i] if en else {}
+            gci, cci = g.get("gain_ci") or [None, None], gap.get("ci") or [None, None]
+            lines.append(f"  {fam:<10} {d['label']:<8} {num(g.get('gain'))} [{num(gci[0])}, {num(gci[1])}]  "
+                         f"{num(gap.get('value'))} [{num(cci[0])}, {num(cci[1])}]")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

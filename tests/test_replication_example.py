@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,13 @@ def _script():
 
 
 rep = _script()
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location("replication_tables", ROOT / "examples" / "replication_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 PAIRS = [
     {"chosen": f"thank you for the kind note number {i}", "rejected": f"shut up you stupid idiot number {i}"}
@@ -77,7 +85,7 @@ def test_dpo_lowers_its_loss_and_the_checkpoint_reloads(tiny_model, tmp_path):
 
     emb_before = model.get_input_embeddings().weight.detach().clone()
     info = rep.train_dpo(model, tok, PAIRS, beta=0.1, lr=1e-2, batch_size=4, epochs=3, max_length=96, prompt="",
-                         seed=0, device="cpu", log=lambda *_: None)
+                         seed=0, device="cpu", freeze_embeddings=True, log=lambda *_: None)
     assert info["steps"] == 9 and info["pairs"] == len(PAIRS)
     after = rep.mean_dpo_loss(model, encoded, ref, tok.pad_token_id, "cpu", beta=0.1, batch_size=4)
     assert after < before - 0.05, (before, after)
@@ -145,19 +153,126 @@ def test_real_paradetox_overlap_count(mirror):
     assert counts["rows"] == 11927 and counts["overlap_dropped"] == 12 and counts["pairs"] == 300
 
 
-@pytest.mark.slow  # three safespace-eval/report subprocesses: about 1 CPU-minute, 3 minutes on the shared 2 cores
+def test_every_parameter_is_trained_by_default(tiny_model):
+    model, tok = _load(tiny_model)
+    emb_before = model.get_input_embeddings().weight.detach().clone()
+    info = rep.train(model, tok, PAIRS[:4], beta=0.1, lr=1e-2, batch_size=4, steps=1, max_length=96, prompt="",
+                     seed=0, device="cpu", log=lambda *_: None)
+    assert info["frozen_embedding_params"] == 0
+    assert info["trained_params"] == sum(p.numel() for p in model.parameters())
+    assert not np.array_equal(model.get_input_embeddings().weight.detach().numpy(), emb_before.numpy())
+
+
+def test_swap_control_swaps_about_half_the_pairs_seeded():
+    pairs = [{"chosen": f"nice {i}", "rejected": f"rude {i}"} for i in range(400)]
+    swapped, flags = rep.swap_pairs(pairs, seed=0)
+    assert 170 <= sum(flags) <= 230  # Binomial(400, 1/2): mean 200, sd 10
+    for p, q, f in zip(pairs, swapped, flags):
+        assert (q["chosen"], q["rejected"]) == ((p["rejected"], p["chosen"]) if f else (p["chosen"], p["rejected"]))
+    assert rep.swap_pairs(pairs, seed=0) == (swapped, flags)  # seeded
+    assert rep.swap_pairs(pairs, seed=1)[1] != flags
+    assert pairs[0] == {"chosen": "nice 0", "rejected": "rude 0"}  # the input is left as it was
+
+
+def test_sft_loss_is_the_next_token_loss_on_the_rewrite_tokens_only(tiny_model):
+    """Against the model's own loss with labels masked to the response (prompt and padding -100),
+    over a padded batch of rewrites of different lengths."""
+    import torch
+
+    model, tok = _load(tiny_model)
+    encoded, _ = rep.encode_pairs(tok, PAIRS[:3], prompt="Say:", max_length=96)
+    seqs = [e["chosen"] for e in encoded]
+    width = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for r, (x, start) in enumerate(seqs):
+        ids[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x)] = 1
+        labels[r, start:len(x)] = torch.tensor(x[start:])
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+        got = rep.sft_loss(model, seqs, tok.pad_token_id, "cpu").item()
+    assert got == pytest.approx(want, rel=1e-5)
+    # and not the loss over every token: the prompt's tokens are left out
+    labels_all = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    with torch.no_grad():
+        every = model(input_ids=ids, attention_mask=mask, labels=labels_all).loss.item()
+    n_resp = sum(len(x) - start for x, start in seqs)
+    n_all = sum(len(x) - 1 for x, _ in seqs)
+    assert n_all > n_resp and every != got
+
+
+def test_sft_arm_trains_on_the_rewrites_with_the_same_steps(tiny_model):
+    model, tok = _load(tiny_model)
+    seen = []
+    info = rep.train(model, tok, PAIRS, arm="sft", beta=0.1, lr=1e-2, batch_size=4, epochs=2, max_length=96,
+                     prompt="", seed=0, device="cpu", on_step=lambda s, m: seen.append(s), log=lambda *_: None)
+    assert info["arm"] == "sft" and info["steps"] == 6 and seen == list(range(1, 7))
+    assert info["reward_margins"] is None and len(info["losses"]) == 6
+    assert info["losses"][-1] < info["losses"][0]
+
+
+def test_doses_parse_to_steps():
+    doses = rep.parse_doses("1, 0, 0.25,0.5", n_pairs=600, batch_size=8)
+    assert [(d["label"], d["steps"]) for d in doses] == [("base", 0), ("ep0.25", 19), ("ep0.5", 38), ("ep1", 75)]
+    assert [d["steps"] for d in rep.parse_doses("0,10s,40s", n_pairs=600, batch_size=8)] == [0, 10, 40]
+    with pytest.raises(SystemExit, match="both step 1"):
+        rep.parse_doses("0.01,0.02", n_pairs=16, batch_size=8)
+    with pytest.raises(SystemExit, match="not a dose"):
+        rep.parse_doses("half", n_pairs=16, batch_size=8)
+    with pytest.raises(SystemExit, match="no dose beyond 0"):
+        rep.parse_doses("0", n_pairs=16, batch_size=8)
+    args = rep.parse_args(["out", "--train-embeddings"])
+    assert (args.pairs, args.lr, args.freeze_embeddings, args.arm) == (600, 1e-5, False, "dpo")
+    assert [d["label"] for d in args.doses] == ["ep1"]
+    with pytest.raises(SystemExit):
+        rep.parse_args(["out", "--epochs", "1", "--eval-at", "0,2"])
+
+
+@pytest.mark.slow  # four safespace-eval/report subprocesses: about 1.5 CPU-minutes, 4 minutes on the shared 2 cores
 def test_whole_pipeline_on_a_tiny_model(tiny_model, mirror, tmp_path):
     out = tmp_path / "rep"
     result = rep.main([str(out), "--model", str(tiny_model), "--data-dir", str(mirror), "--pairs", "16",
                        "--batch-size", "8", "--lr", "1e-3", "--tasks", "safespace-toxicity-en,safespace-paradetox-de",
-                       "--limit", "24", "--eval-batch-size", "8", "--no-plots", "--threads", "1",
+                       "--limit", "24", "--eval-batch-size", "8", "--threads", "1", "--eval-at", "0,0.5,1",
                        "--metadata", json.dumps({"bootstrap_iters": 20})])
     saved = json.loads((out / "replication.json").read_text())
     assert saved["data"]["overlap_dropped"] == 12 and saved["data"]["pairs"] == 16
-    assert saved["dpo"]["steps"] == 2
+    assert saved["training"]["steps"] == 2 and saved["arm"] == "dpo"
+    assert saved["training"]["frozen_embedding_params"] == 0
     assert set(saved["seconds"]) >= {"load", "pairs", "reference_logps", "train", "save", "eval_base",
-                                     "eval_aligned", "report", "total"}
+                                     "eval_ep0.5", "eval_ep1", "report", "total"}
     assert (out / "aligned" / "config.json").is_file() and (out / "report" / "report.md").is_file()
+    # the intermediate checkpoint was evaluated, then deleted; the last is kept
+    assert [(d["label"], d["steps"]) for d in saved["doses"]] == [("base", 0), ("ep0.5", 1), ("ep1", 2)]
+    assert not (out / "checkpoints" / "ep0.5").exists() and saved["doses"][1]["checkpoint_kept"] is False
+    assert set(saved["runs"]) == {"base", "ep0.5", "ep1"}
+    # dose-response: the value, gain and interval of every language at every dose, from the one report
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    table = saved["dose_response"]
+    assert [d["label"] for d in table["doses"]] == ["base", "ep0.5", "ep1"]
+    for fam, lang in (("toxicity", "en"), ("paradetox", "de")):
+        for metric in ("bcv_ratio", "bhattacharyya_mean_term", "bhattacharyya_cov_term"):
+            pts = table["families"][fam][metric]["per_language"][lang]
+            assert pts[0]["gain"] == 0.0 and pts[0]["value"] == summary["models"]["base"]["families"][fam]["metrics"][metric]["per_language"][lang]
+            for dose, pt in zip(("ep0.5", "ep1"), pts[1:]):
+                g = next(x for x in summary["gains"] if x["aligned"] == dose)["families"][fam][metric]["per_language"][lang]
+                assert pt["gain"] == g["gain"] and pt["gain_ci"] == g["ci"]
+                assert pt["gain"] == pytest.approx(pt["value"] - pts[0]["value"], abs=1e-9)
+        # the two terms of the distance sum to it at every dose
+        for i in range(3):
+            terms = sum(table["families"][fam][m]["per_language"][lang][i]["value"]
+                        for m in ("bhattacharyya_mean_term", "bhattacharyya_cov_term"))
+            assert terms == pytest.approx(table["families"][fam]["bhattacharyya"]["per_language"][lang][i]["value"])
+        gap = table["families"][fam]["bcv_ratio"]["english_minus_rest_gain"]
+        assert gap[0]["value"] == 0.0 and len(gap) == 3
+    assert (out / "report" / "img" / "dose_response_toxicity.png").is_file()
+    # the tables script reads it back
+    tables = _tables()
+    md = tables.render([tables.load(out / "replication.json")])
+    assert "#### toxicity: which metric sees alignment" in md and "| bcv_ratio | " in md
+    assert "| dpo s0 | ep0.5 | 0.50 | 1 |" in md
     got = {(r["family"], r["language"]): r for r in saved["gains"]}
     assert set(got) == {("toxicity", "en"), ("paradetox", "de")}, set(got)
     for row in got.values():
@@ -168,3 +283,47 @@ def test_whole_pipeline_on_a_tiny_model(tiny_model, mirror, tmp_path):
     assert result["gains"] == saved["gains"]
     # the same texts in both runs, so the report paired them
     assert all(r["probe_auroc"]["method"] and "paired" in r["probe_auroc"]["method"] for r in got.values()), got
+
+
+def _fake_run(arm, seed, en_gains, rest_gains, se=0.01):
+    """A replication.json with one family and metric: English and one other language at doses 0, 1, 2."""
+    doses = [{"label": "base", "epochs": 0.0, "steps": 0}, {"label": "ep1", "epochs": 1.0, "steps": 10},
+             {"label": "ep2", "epochs": 2.0, "steps": 20}]
+
+    def pts(gains):
+        return [{"dose": d["label"], "value": 0.1 + g, "se": se, "ci": None, "gain": g,
+                 "gain_se": None if i == 0 else se, "gain_ci": None if i == 0 else [g - 2 * se, g + 2 * se]}
+                for i, (d, g) in enumerate(zip(doses, [0.0, *gains]))]
+
+    gap = [{"dose": d["label"], "value": e - r, "se": se, "ci": [e - r - 0.03, e - r + 0.03]}
+           for d, e, r in zip(doses, [0.0, *en_gains], [0.0, *rest_gains])]
+    table = {"doses": doses, "families": {"toxicity": {"bcv_ratio": {
+        "per_language": {"en": pts(en_gains), "de": pts(rest_gains)}, "mean_gain": gap,
+        "english_minus_rest_gain": gap}}}}
+    return {"arm": arm, "settings": {"seed": seed, "pairs": 600, "lr": 1e-5, "freeze_embeddings": False},
+            "training": {"steps": 20}, "seconds": {"train": 60.0, "eval_base": 30.0, "eval_ep2": 30.0, "total": 150.0},
+            "doses": doses, "dose_response": table, "_path": f"{arm}_s{seed}.json"}
+
+
+def test_tables_standardise_the_english_gain_and_count_sign_agreement(tmp_path):
+    tables = _tables()
+    runs = [_fake_run("dpo", 0, [0.02, 0.05], [0.0, 0.01]), _fake_run("dpo", 1, [0.01, -0.03], [0.0, 0.0]),
+            _fake_run("sft", 0, [0.04, 0.06], [0.05, 0.06])]
+    md = tables.render(runs)
+    row = next(line for line in md.splitlines() if line.startswith("| bcv_ratio |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # z(en) at the final dose = gain / se; en - rest with its interval (bold: excludes 0)
+    assert cells[1].startswith("+5.0 · **+0.040 [+0.010, +0.070]**")
+    assert cells[2].startswith("-3.0 · -0.030 [-0.060, +0.000]") and cells[3].startswith("+6.0 · +0.000")
+    # the real arm's English gains over seeds x doses: +0.02, +0.05, +0.01, -0.03 -> 3 of 4 positive;
+    # its en - rest gains: +0.02, +0.04, +0.01, -0.03 -> 3 of 4; the sft control does not count
+    assert cells[4:] == ["3/4 +", "3/4 +"]
+    assert tables.sign_agreement([-1.0, -2.0, 0.5, None]) == "2/3 −"
+    assert "| dpo s1 | ep2 | 2.00 | 20 | 0.0700 | -0.030 [-0.050, -0.010] |" in md.replace("**", "")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\nafter\n")
+    tables.replace_block(doc, "NEW")
+    assert doc.read_text() == f"intro\n{tables.BEGIN}\nNEW\n{tables.END}\nafter\n"
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(SystemExit, match="has no block"):
+        tables.replace_block(tmp_path / "plain.md", "x")
