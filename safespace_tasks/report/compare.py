@@ -328,7 +328,7 @@ def _is_peak(name: str) -> bool:
         return False
 
 
-def _has_interval(name: str) -> bool:
+def has_interval(name: str) -> bool:
     """False for a diagnostic the tasks report without a standard error (its gain has none either)."""
     try:
         return mt.spec(name).interval
@@ -621,7 +621,7 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
                 why = f"the report has no paired bootstrap for {', '.join(unpaired)}"
         if why and any(g.method == INDEPENDENT for g in made):
             fallback.setdefault((pair[0], pair[1], fam, why), []).append(lang)
-        elif any(math.isfinite(g.value) and g.method is None and _has_interval(g.metric) for g in made):
+        elif any(math.isfinite(g.value) and g.method is None and has_interval(g.metric) for g in made):
             fallback.setdefault((pair[0], pair[1], fam, "no interval"), []).append(lang)
     for (base, aligned, fam, why), langs in fallback.items():
         if why == "no interval":

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.report.compare import Comparison, PAIRED
+from safespace_tasks.report.compare import Comparison, PAIRED, has_interval
 from safespace_tasks.report.runs import split_metric
 
 __all__ = ["DPI", "PANEL_PX", "HEADER_PX", "MAX_COLUMNS", "grid_shape", "figure_pixels",
@@ -170,7 +170,8 @@ def plot_values(comp: Comparison, family: str, path: Path) -> Path | None:
         return legend
 
     title = f"{family}: values per language ({comp.ci_level:.0%} interval = value ± {comp.z:.2f} SE)"
-    return _bar_panels(comp, family, comp.metrics[family], title, path, draw)
+    # the bars are the metrics with intervals; a diagnostic (the Bhattacharyya terms) is in the tables only
+    return _bar_panels(comp, family, [m for m in comp.metrics[family] if has_interval(m)], title, path, draw)
 
 
 def plot_gains(comp: Comparison, pair: tuple[str, str], family: str, path: Path) -> Path | None:
@@ -178,7 +179,7 @@ def plot_gains(comp: Comparison, pair: tuple[str, str], family: str, path: Path)
     from matplotlib.patches import Patch
 
     base, aligned = pair
-    metrics = comp.metrics[family]
+    metrics = [m for m in comp.metrics[family] if has_interval(m)]
     langs = [lang for lang in comp.languages[family] if any(comp.gain(pair, family, lang, m) for m in metrics)]
     if not langs:
         return None

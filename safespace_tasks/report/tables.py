@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.report.compare import ENGLISH, INDEPENDENT, Aggregate, Comparison
+from safespace_tasks.report.compare import ENGLISH, INDEPENDENT, Aggregate, Comparison, has_interval
 from safespace_tasks.report.plots import metric_title
 
 __all__ = ["Table", "metric_table", "data_table", "fmt", "write_csv", "MEAN_ROW", "GAP_ROW", "SHARED_MEAN_ROW"]
@@ -84,7 +84,10 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
         title=f"{family} · {metric} — {metric_title(metric)}",
         columns=["language", *labels, *pair_cols],
     )
-    if metric in METRIC_NOTES:
+    if metric in METRIC_NOTES and not has_interval(metric):
+        table.notes.append(f"{metric}: {METRIC_NOTES[metric]}. A diagnostic: model cells are values without a "
+                           "standard error, gains have no interval.")
+    elif metric in METRIC_NOTES:
         table.notes.append(f"{metric}: {METRIC_NOTES[metric]}. Model cells: value ± the run's bootstrap standard error.")
     else:
         table.notes.append(f"{metric}: model cells are value ± the run's standard error where it reports one.")
