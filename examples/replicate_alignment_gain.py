@@ -528,7 +528,8 @@ def parse_args(argv=None):
                         "control, chosen and rejected exchanged at random in about half the pairs (seeded); sft: "
                         "negative control, next-token loss on the neutral rewrites only. Same pairs, optimizer, "
                         "steps and batches in every arm")
-    p.add_argument("--pairs", type=int, default=600, help="English preference pairs drawn (the data volume)")
+    p.add_argument("--pairs", type=int, default=600,
+                   help="English preference pairs drawn, the data volume of every arm (default 600)")
     p.add_argument("--epochs", type=float, default=None,
                    help="passes over the pairs (default 1; with --eval-at: its largest dose)")
     p.add_argument("--eval-at", metavar="DOSES",
@@ -539,7 +540,7 @@ def parse_args(argv=None):
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every dose's checkpoint (default: delete each after its evaluation, keep the last)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO temperature")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (default 1e-5)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     p.add_argument("--max-length", type=int, default=96, help="tokens per prompt + response (response cut to fit)")
     p.add_argument("--prompt", default="", help="text before every response (default: none, only the BOS token)")
@@ -641,7 +642,7 @@ def main(argv=None) -> dict:
             save_seconds[0] += time.perf_counter() - ts
             print(f"  checkpoint at step {step}: {ckpt_of[step]}")
 
-    what = "SFT on the neutral rewrites" if args.arm == "sft" else "DPO" + (" (swap control)" if args.arm == "swap" else "")
+    what = {"dpo": "DPO", "swap": "DPO (swap control)", "sft": "SFT on the neutral rewrites"}[args.arm]
     print(f"{what}: {len(pairs)} pairs, lr {args.lr}, batch {args.batch_size}, {final['steps']} steps "
           f"({args.epochs:g} epoch(s)), doses {', '.join(d['label'] for d in doses)}"
           + ("" if args.arm == "sft" else f", beta {args.beta}")

@@ -255,9 +255,11 @@ def test_whole_pipeline_on_a_tiny_model(tiny_model, mirror, tmp_path):
     for fam, lang in (("toxicity", "en"), ("paradetox", "de")):
         for metric in ("bcv_ratio", "bhattacharyya_mean_term", "bhattacharyya_cov_term"):
             pts = table["families"][fam][metric]["per_language"][lang]
-            assert pts[0]["gain"] == 0.0 and pts[0]["value"] == summary["models"]["base"]["families"][fam]["metrics"][metric]["per_language"][lang]
+            base_value = summary["models"]["base"]["families"][fam]["metrics"][metric]["per_language"][lang]
+            assert pts[0]["gain"] == 0.0 and pts[0]["value"] == base_value
             for dose, pt in zip(("ep0.5", "ep1"), pts[1:]):
-                g = next(x for x in summary["gains"] if x["aligned"] == dose)["families"][fam][metric]["per_language"][lang]
+                gains = next(x for x in summary["gains"] if x["aligned"] == dose)["families"][fam]
+                g = gains[metric]["per_language"][lang]
                 assert pt["gain"] == g["gain"] and pt["gain_ci"] == g["ci"]
                 assert pt["gain"] == pytest.approx(pt["value"] - pts[0]["value"], abs=1e-9)
         # the two terms of the distance sum to it at every dose
