@@ -132,8 +132,7 @@ def plot_glance(g: Glance, path: Path) -> Path:
     data = np.ma.masked_invalid(g.score)
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("#dddddd")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="#dddddd")
     im = ax.imshow(data, cmap=cmap, vmin=-CLIP, vmax=CLIP, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(n_met), [metric_title(m) for m in g.metrics], fontsize=7, rotation=15)
     ax.set_yticks(range(n_lang), g.languages, fontsize=8)
