@@ -22,7 +22,7 @@ from safespace_tasks import metric_table as mt
 from safespace_tasks.report.compare import Comparison
 from safespace_tasks.report.tables import MISSING, Table, fmt
 
-__all__ = ["MEAN_COL", "family_metric", "leaderboard_table", "leaderboard_html", "SORT_SCRIPT"]
+__all__ = ["MEAN_COL", "family_metric", "leaderboard_table", "leaderboard_html", "SORT_SCRIPT", "SORT_STYLE"]
 
 MEAN_COL = "mean"
 
@@ -85,6 +85,9 @@ def leaderboard_table(comp: Comparison, family: str) -> Table | None:
     )
     return t
 
+
+SORT_STYLE = ('table.leaderboard th[aria-sort="descending"]::after{content:" \\25BC"}'
+              'table.leaderboard th[aria-sort="ascending"]::after{content:" \\25B2"}')
 
 SORT_SCRIPT = r"""
 (function () {
@@ -161,6 +164,6 @@ def leaderboard_html(table: Table, family: str, metric: str) -> str:
             cells.append(f"<td{attr}>{html.escape(text)}</td>")
         rows.append(f'<tr data-model="{html.escape(row[0])}">' + "".join(cells) + "</tr>")
     notes = "".join(f"<p>{html.escape(n)}</p>" for n in table.notes)
-    return (f'<table class="leaderboard" id="leaderboard-{html.escape(family)}" data-family="{html.escape(family)}" '
+    return (f'<div style="overflow-x:auto"><table class="leaderboard" id="leaderboard-{html.escape(family)}" data-family="{html.escape(family)}" '
             f'data-higher="{higher}"><caption>{html.escape(table.title)}</caption><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table><div class="notes">{notes}</div>')
+            f'<tbody>{"".join(rows)}</tbody></table></div><div class="notes">{notes}</div>')

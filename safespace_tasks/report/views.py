@@ -47,7 +47,7 @@ def leaderboard_blocks(comp: Comparison, out: Path, result) -> list:
             Paragraph("One table per family: models as rows, the family mean and each language as columns, each "
                       "cell with its interval. In the HTML page a click on a header sorts by it (again: reversed); "
                       "`#sort=en` or `#sort=toxicity:en` in the address sorts on load."),
-            *blocks, Html(f"<script>{LB.SORT_SCRIPT}</script>")]
+            *blocks, Html(f"<style>{LB.SORT_STYLE}</style><script>{LB.SORT_SCRIPT}</script>")]
 
 
 def write_leaderboard_page(comp: Comparison, blocks: list, path: Path) -> Path:
