@@ -208,8 +208,7 @@ def plot_model(comp: Comparison, label: str, path: Path) -> Path | None:
         return None
     xs, ys = axes_of(comp)
     langs = _languages(comp, label, xs, ys)
-    fig, axes = _figure(len(panels), f"{label}: representation (x) vs behaviour (y) per language "
-                                      f"({comp.ci_level:.0%} whiskers)")
+    fig, axes = _figure(len(panels), f"{label}: separation (x) vs refusal (y), {comp.ci_level:.0%} whiskers")
     color = MODEL_COLORS[comp.labels.index(label) % len(MODEL_COLORS)]
     for ax, (x, y) in zip(axes, panels):
         for lang in langs:
@@ -230,7 +229,7 @@ def plot_pair(comp: Comparison, pair: tuple[str, str], path: Path) -> Path | Non
         return None
     xs, ys = axes_of(comp)
     langs = [lang for lang in _languages(comp, a, xs, ys) if lang in _languages(comp, b, xs, ys)]
-    fig, axes = _figure(len(panels), f"{b} → {a}: representation (x) vs behaviour (y) per language")
+    fig, axes = _figure(len(panels), f"{b} → {a}: separation (x) vs refusal (y), {comp.ci_level:.0%} whiskers")
     for ax, (x, y) in zip(axes, panels):
         for lang in langs:
             pb, pa = _point(comp, b, x, y, lang), _point(comp, a, x, y, lang)
@@ -244,8 +243,12 @@ def plot_pair(comp: Comparison, pair: tuple[str, str], path: Path) -> Path | Non
         _style(ax, x, y)
     from matplotlib.lines import Line2D
 
+    from safespace_tasks.report.plots import DPI
+
+    height = fig.get_figheight() * DPI  # the legend goes on a line of its own under the title
     fig.legend([Line2D([], [], marker="o", ls="", color="#999999"), Line2D([], [], marker="o", ls="", color="#c44e52")],
-               [b, a], loc="upper right", fontsize=8, frameon=False, ncol=2)
+               [f"{b} (base)", f"{a} (aligned)"], loc="upper left", bbox_to_anchor=(0.0, 1 - 24 / height), fontsize=8,
+               frameon=False, ncol=2)
     return _save(fig, path)
 
 
