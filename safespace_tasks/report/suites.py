@@ -223,7 +223,8 @@ def suite_view(runs: list[Run], pairs: list[tuple[str, str]], z: float) -> Suite
                 continue
             suites.append(name)
             metric[name] = key
-            alias[name] = str(run.other_tasks[name].row.get("alias") or name).strip() or name
+            # a subtask's alias is indented (" - arc_easy"): the name without the indent
+            alias[name] = str(run.other_tasks[name].row.get("alias") or name).strip().lstrip("- ").strip() or name
             h = run.other_tasks[name].higher_is_better.get(key.partition("/")[0])
             hib[name] = h if isinstance(h, bool) else None
     if not suites:
