@@ -342,3 +342,37 @@ def test_heat_map_is_the_distance_above_the_null_floor_in_standard_errors(report
         # the picture comes before the dense tables of the family
         pic = md.index(f"img/toxicity_vs_null_{lab}.png")
         assert md.index("## Family: toxicity") < pic < md.index("**toxicity · bcv_ratio")
+
+
+@pytest.mark.parametrize("weighting", ["plain", "by size"])
+def test_a_group_of_two_tasks_pairs_with_the_weights_of_its_reported_mean(runs, tmp_path, weighting):
+    """Group of tinymc (16 docs) and tinymc2 (its first 8 docs): the group's value decides the tasks' weights."""
+    copies, diffs = {}, {}
+    for k in ("base", "aligned"):
+        copies[k] = _copy(runs[k], tmp_path / k)
+        (samples,) = copies[k].glob("samples_tinymc_*.jsonl")
+        lines = samples.read_text().splitlines()[:8]
+        date = samples.stem[len("samples_tinymc_"):]
+        (copies[k] / f"samples_tinymc2_{date}.jsonl").write_text("\n".join(lines) + "\n")
+        (path,) = copies[k].glob("results_*.json")
+        doc = json.loads(path.read_text())
+        m1 = doc["results"]["tinymc"]["acc_norm,none"]
+        m2 = sum(json.loads(x)["acc_norm"] for x in lines) / 8
+        doc["results"]["tinymc2"] = {"alias": " - tinymc2", "acc_norm,none": m2, "acc_norm_stderr,none": 0.1}
+        group = (m1 + m2) / 2 if weighting == "plain" else (16 * m1 + 8 * m2) / 24
+        doc["results"]["tinygroup"] = {"alias": "tinygroup", "acc_norm,none": group, "acc_norm_stderr,none": 0.05}
+        doc["group_subtasks"].update({"tinygroup": ["tinymc", "tinymc2"], "tinymc": [], "tinymc2": []})
+        path.write_text(json.dumps(doc))
+        diffs[k] = {"tinymc": _logged(copies[k], "tinymc", "acc_norm"), "tinymc2": _logged(copies[k], "tinymc2", "acc_norm")}
+    rep = build_report(list(copies.values()), tmp_path / "r", labels={copies["base"]: "base", copies["aligned"]: "aligned"},
+                       base="base", aligned=["aligned"], plots=False, progress=False)
+    assert rep.suites.suites == ["tinygroup"]
+    c = rep.suites.changes[("base", "aligned", "tinygroup")]
+    weights = {"tinymc": 0.5, "tinymc2": 0.5} if weighting == "plain" else {"tinymc": 16 / 24, "tinymc2": 8 / 24}
+    var_sum = 0.0
+    for task, w in weights.items():
+        d = [diffs["aligned"][task][i] - diffs["base"][task][i] for i in diffs["base"][task]]
+        mu = sum(d) / len(d)
+        var_sum += w * w * sum((x - mu) ** 2 for x in d) / (len(d) - 1) / len(d)
+    assert c.method == "paired" and c.n_docs == 24
+    assert c.se == pytest.approx(math.sqrt(var_sum), rel=1e-12)

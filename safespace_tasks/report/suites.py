@@ -119,7 +119,7 @@ def headline_metric(task: OtherTask) -> str | None:
 
 
 def _leaves(name: str, groups: dict[str, list[str]], seen: frozenset = frozenset()) -> list[str]:
-    if name not in groups or name in seen:
+    if not groups.get(name) or name in seen:  # lm-eval may list a plain task with no subtasks
         return [name]
     out: list[str] = []
     for s in groups[name]:
