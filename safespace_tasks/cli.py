@@ -259,6 +259,8 @@ def report_main(args, parser: argparse.ArgumentParser) -> int:
     print(f"report: {result.markdown}")
     if result.html:
         print(f"html:   {result.html}")
+    if result.leaderboard:
+        print(f"leaderboard: {result.leaderboard}")
     print(f"summary: {result.summary}")
     print(f"tables: {len(result.tables)} CSV in {result.out / 'tables'}")
     if result.images:

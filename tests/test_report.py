@@ -347,16 +347,20 @@ def test_folder_without_runs_and_runs_without_safespace_tasks_fail_clearly(runs,
         build_report([runs["base"]], tmp_path / "r3", base="nope", progress=False)
 
 
-def test_other_tasks_in_a_run_are_named_not_reported(runs, tmp_path):
+def test_other_suites_are_reported_beside_ours_and_rows_without_a_number_are_named(runs, tmp_path):
     a = _copy(runs["base"], tmp_path / "a")
 
     def add_hellaswag(doc):
-        doc["results"]["hellaswag"] = {"alias": "hellaswag", "acc,none": 0.3, "acc_stderr,none": 0.01}
+        doc["results"]["hellaswag"] = {"alias": "hellaswag", "acc,none": 0.3, "acc_stderr,none": 0.01,
+                                       "acc_norm,none": 0.35, "acc_norm_stderr,none": 0.02}
+        doc["results"]["broken"] = {"alias": "broken", "acc,none": "N/A"}
 
     _edit_results(a, add_hellaswag)
     rep = build_report([a], tmp_path / "r", plots=False, progress=False)
-    assert "not in the report: hellaswag" in _texts(rep, "note")
+    assert "not in the report: broken." in _texts(rep, "note")
     assert rep.comparison.families == ["toxicity"]
+    assert rep.suites.suites == ["hellaswag"] and rep.suites.metric["hellaswag"] == "acc_norm"
+    assert "| hellaswag | acc_norm | 0.35 ± 0.02 |" in rep.markdown.read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- paired bootstrap

@@ -56,6 +56,9 @@ class ReportResult:
     images: dict[str, Path] = field(default_factory=dict)
     # (run label, family, metric) -> the sweep dict (every language of the run; report.layers form)
     sweeps: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+    leaderboard: Path | None = None  # leaderboard.html (with html=True)
+    suites: object | None = None  # report.suites.SuiteView of other suites in the runs, if any
+    glances: dict[tuple[str, str], object] = field(default_factory=dict)  # (label, family) -> report.glance.Glance
 
     @property
     def notices(self) -> list[Notice]:
@@ -146,9 +149,14 @@ def build_report(
     if comp.notices:
         blocks.append(Heading("Notes on the input"))
         blocks.append(Bullets([f"**{n.level}**: {n.text}" for n in comp.notices]))
+    from safespace_tasks.report import views as V
+
+    board = V.leaderboard_blocks(comp, out, result)
+    blocks += board + V.suite_blocks(comp, out, result) + V.repbeh_blocks(comp, out, result, plots)
 
     for fam in comp.families:
         blocks.append(Heading(f"Family: {fam}"))
+        blocks += V.glance_blocks(comp, fam, out, result, plots)
         dt = data_table(comp, fam)
         dt.align = ["l"] * len(dt.columns)
         result.tables[dt.name] = write_csv(dt, out / "tables" / f"{dt.name}.csv")
@@ -209,6 +217,8 @@ def build_report(
     if html:
         result.html = out / "report.html"
         result.html.write_text(to_html(doc, out), encoding="utf-8")
+        if board:
+            result.leaderboard = V.write_leaderboard_page(comp, board, out / "leaderboard.html")
     return result
 
 

@@ -10,7 +10,7 @@ from typing import Union
 
 from safespace_tasks.report.tables import Table
 
-__all__ = ["Heading", "Paragraph", "Bullets", "Image", "Document", "to_markdown", "to_html"]
+__all__ = ["Heading", "Paragraph", "Bullets", "Image", "Html", "Document", "to_markdown", "to_html"]
 
 
 @dataclass
@@ -36,7 +36,15 @@ class Image:
     caption: str = ""
 
 
-Block = Union[Heading, Paragraph, Bullets, Image, Table]
+@dataclass
+class Html:
+    """Ready HTML (a sortable table with its script) for the HTML page; ``markdown`` stands in for it in Markdown."""
+
+    html: str
+    markdown: Table | None = None
+
+
+Block = Union[Heading, Paragraph, Bullets, Image, Table, Html]
 
 
 @dataclass
@@ -76,6 +84,8 @@ def to_markdown(doc: Document) -> str:
             parts.append(img + (f"\n\n<sub>{b.caption}</sub>" if b.caption else ""))
         elif isinstance(b, Table):
             parts.append(_md_table(b))
+        elif isinstance(b, Html) and b.markdown is not None:
+            parts.append(_md_table(b.markdown))
     return "\n\n".join(parts) + "\n"
 
 
@@ -127,6 +137,8 @@ def to_html(doc: Document, root: Path) -> str:
             notes = "".join(f"<p>{html.escape(n)}</p>" for n in b.notes)
             body.append(f"<table><caption>{html.escape(b.title)}</caption><thead><tr>{head}</tr></thead>"
                         f"<tbody>{rows}</tbody></table><div class=\"notes\">{notes}</div>")
+        elif isinstance(b, Html):
+            body.append(b.html)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head>\n<body>\n"

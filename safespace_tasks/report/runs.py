@@ -31,6 +31,7 @@ __all__ = [
     "Measurement",
     "TaskResult",
     "Run",
+    "OtherTask",
     "discover_runs",
     "load_run",
     "parse_task_name",
@@ -125,6 +126,19 @@ class TaskResult:
 
 
 @dataclass
+class OtherTask:
+    """A results row of another suite (a task or a group), as the results JSON gives it."""
+
+    name: str
+    row: dict[str, Any]
+    results_file: Path
+    date_id: str
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    n_samples: int | None = None
+    subtasks: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Run:
     """One model's results: its tasks by name and the group rows (means over languages)."""
 
@@ -139,6 +153,8 @@ class Run:
     # the transfer task's matrix (TransferMatrix.to_dict() form) from the details file, if the run has one
     transfer: dict[str, Any] | None = None
     ignored_tasks: list[str] = field(default_factory=list)
+    # rows of other suites (hellaswag, arc, mmlu ...) with at least one numeric metric, read by report.suites
+    other_tasks: dict[str, "OtherTask"] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     label: str = ""
 
@@ -326,7 +342,16 @@ def load_run(path: str | Path) -> Run:
                 if name.startswith(GROUP_PREFIX):
                     run.groups[name] = parse_metrics(row)
                     run.group_subtasks[name] = list((doc.get("group_subtasks") or {}).get(name, []))
-                elif name not in run.ignored_tasks:
+                elif parse_metrics(row):  # another suite's task or group (hellaswag, mmlu, ...)
+                    run.other_tasks[name] = OtherTask(
+                        name=name, row=row, results_file=f, date_id=date_id,
+                        higher_is_better=dict((doc.get("higher_is_better") or {}).get(name) or {}),
+                        n_samples=((doc.get("n-samples") or {}).get(name) or {}).get("effective"),
+                        subtasks=list((doc.get("group_subtasks") or {}).get(name) or []),
+                    )
+                    run.ignored_tasks = [t for t in run.ignored_tasks if t != name]
+                elif (name not in run.ignored_tasks and name not in run.other_tasks
+                      and not (doc.get("group_subtasks") or {}).get(name)):  # a group's subtasks speak for it
                     run.ignored_tasks.append(name)
                 continue
             family, language = parsed
