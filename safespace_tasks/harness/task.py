@@ -155,7 +155,7 @@ class SeparationSettings(TaskSettings):
     n_permutations: label permutations of the null floor (``<metric>_null``, ``<metric>_p``); 0 skips.
     probe_refits: bootstrap replicates that refit the probe to widen its stderr (0 = fixed scores).
     probe_permutations: permutations (at most ``n_permutations``) that refit the probe for its null
-        (0: ``probe_auroc_null`` and ``probe_auroc_p`` are NaN).
+        (0, the default: ``probe_auroc_null`` and ``probe_auroc_p`` are not reported, no key at all).
     Also: bootstrap_iters, ci_level, seed (doc order, probe folds, bootstrap), strict, data_dir
     (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
     """
@@ -192,6 +192,18 @@ class SeparationSettings(TaskSettings):
             "padding_side": self.padding_side,
             "state_cache": str(os.path.expanduser(self.state_cache)) if self.state_cache else None,
         }
+
+    def switched_off(self) -> frozenset[str]:
+        """Metric names (without layer suffix) these settings do not compute: they get no key at all.
+
+        ``n_permutations`` 0 turns off every null floor and p-value; ``probe_permutations`` 0 (the
+        default) the probe's. A results JSON never holds a NaN that means "not asked for".
+        """
+        off = set()
+        for m in METRIC_NAMES:
+            if self.n_permutations == 0 or (m == "probe_auroc" and self.probe_permutations == 0):
+                off |= {f"{m}_null", f"{m}_p"}
+        return frozenset(off)
 
     def metric_suffixes(self) -> list[str]:
         """'' for the first layer, '_layer<i>' for the others (a sweep: the first only, until resolved)."""
@@ -263,6 +275,8 @@ class HiddenSpaceTask(CorpusTask):
         suffixes = self.layer_suffixes()
         names = mt.family_metrics(self.FAMILY)
         per_layer = [m for m in names if mt.spec(m).per_layer]
+        off = self.settings.switched_off()
+        per_layer = [m for m in per_layer if m not in off]
         out = [m + sfx for sfx in suffixes for m in per_layer]
         if len(suffixes) > 1:
             out += [m + p for m in per_layer if mt.has_peak(m) for p in mt.PEAK_SUFFIXES]
@@ -390,9 +404,11 @@ class HiddenSpaceTask(CorpusTask):
                 analysis.values[m + suffix] = _number(v)
                 if m in res.stderr:
                     analysis.stderr[m + suffix] = float(res.stderr[m])
+            off = s.switched_off()
             for m in METRIC_NAMES:  # the null floor and the permutation p-value (no stderr: references)
-                analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
-                analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
+                if m + "_null" not in off:
+                    analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
+                    analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
             for m, why in res.degenerate.items():
                 log.warning("%s (layer %d): %s is NaN: %s", task, int(layers[j]), m, why)
                 degenerate.setdefault(str(int(layers[j])), {})[m] = why
