@@ -139,8 +139,9 @@ class SeparationSettings(TaskSettings):
 
     layers: hidden-state indices to read (0 = embeddings, -1 = final layer after the norm), ``all``,
         ranges (``"0:12"``: Python slice semantics) or a list of these (:mod:`safespace_tasks.layer_spec`);
-        metrics of the first are reported under plain names, the others as ``<metric>_layer<i>``
-        (``i`` as written for an index, the absolute index for ``all`` and ranges). With two or
+        metrics of the deepest layer read (the final layer, the paper's, whenever it is read: ``all``,
+        ``-1``, ``"4:"``) are reported under plain names and averaged in the family row, the others as
+        ``<metric>_layer<i>`` (``i`` as written for an index, the absolute index for ``all`` and ranges). With two or
         more layers, each per-layer metric also gets ``<m>_best``, ``<m>_best_layer``, ``<m>_final``.
     pooling: ``last`` (last prompt token, the paper) or ``mean``.
     pca_components: k of PCA-k (paper: 10).
@@ -206,10 +207,37 @@ class SeparationSettings(TaskSettings):
         return frozenset(off)
 
     def metric_suffixes(self) -> list[str]:
-        """'' for the first layer, '_layer<i>' for the others (a sweep: the first only, until resolved)."""
+        """'' for the deepest layer named, '_layer<i>' (as written) for the others (a sweep: '' only, until resolved).
+
+        The deepest is -1 (the final layer, the paper's) when the list names it; otherwise the largest
+        index when all are >= 0 (or all < 0). A list that mixes signs without -1 needs the model's depth:
+        the first entry here, corrected once the model answers (:meth:`HiddenSpaceTask.adopt_layers`).
+        """
         if not self.plain_layers:
             return [""]
-        return [""] + [f"_layer{layer}" for layer in self.layers[1:]]
+        return plain_suffixes(self.layers, unsuffixed_position(self.layers))
+
+
+def unsuffixed_position(layers, absolute: bool = False) -> int:
+    """Position in ``layers`` of the layer reported under the plain metric names: the deepest one read.
+
+    ``absolute``: the entries are hidden-state indices (0..L). Otherwise they are as written (negative
+    counts from the final layer): -1 is the deepest; with all entries of one sign the largest is; with
+    mixed signs and no -1 the depth decides, unknown here (position 0, corrected once it is known).
+    """
+    items = [int(x) for x in layers]
+    if absolute:
+        return max(range(len(items)), key=lambda j: (items[j], -j))
+    if -1 in items:
+        return items.index(-1)
+    if all(x >= 0 for x in items) or all(x < 0 for x in items):
+        return max(range(len(items)), key=lambda j: (items[j], -j))
+    return 0
+
+
+def plain_suffixes(labels, position: int) -> list[str]:
+    """'' at ``position``, '_layer<label>' elsewhere."""
+    return ["" if j == position else f"_layer{label}" for j, label in enumerate(labels)]
 
 
 def _number(v: Any) -> float:
@@ -299,7 +327,8 @@ class HiddenSpaceTask(CorpusTask):
             for item, idx in zip(spec, layers):
                 if item < 0 <= idx:
                     depth = idx - item - 1
-            self._resolved = (layers, self.settings.metric_suffixes(), depth)
+            # the deepest index read gets the plain names (the written form could not always tell)
+            self._resolved = (layers, plain_suffixes(spec, unsuffixed_position(layers, absolute=True)), depth)
             self._add_metric_names()
             return
         depth = SWEEP_DEPTH.get(self.config.task)
@@ -323,12 +352,18 @@ class HiddenSpaceTask(CorpusTask):
         if indices != layers:
             raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
                              f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
-        suffixes = [""] + [f"_layer{label}" for label in labels[1:]]
+        # the deepest index read (the final layer for 'all' and open ranges) gets the plain names
+        suffixes = plain_suffixes(labels, unsuffixed_position(indices, absolute=True))
         self._resolved = (layers, suffixes, depth if exact else None)
         self._add_metric_names()
 
     def _add_metric_names(self) -> None:
         self._metric_names = self.metric_names()
+        stale = [m for m, agg in self._aggregators.items() if m not in self._metric_names and agg != "mean"]
+        for m in stale:  # a name guessed before the depth was known (no doc has reported it yet)
+            del self._aggregators[m]
+        if stale:
+            self.config.metric_list = [e for e in self.config.metric_list if e.get("metric") not in stale]
         for m in self._metric_names:
             if m not in self._aggregators:
                 self._aggregators[m] = CorpusAggregator(self, m)
