@@ -25,7 +25,7 @@ from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
-from safespace_tasks.layer_spec import is_plain, resolve_spec
+from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
 from safespace_tasks.metrics import (
     METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
 )
@@ -216,28 +216,6 @@ class SeparationSettings(TaskSettings):
         if not self.plain_layers:
             return [""]
         return plain_suffixes(self.layers, unsuffixed_position(self.layers))
-
-
-def unsuffixed_position(layers, absolute: bool = False) -> int:
-    """Position in ``layers`` of the layer reported under the plain metric names: the deepest one read.
-
-    ``absolute``: the entries are hidden-state indices (0..L). Otherwise they are as written (negative
-    counts from the final layer): -1 is the deepest; with all entries of one sign the largest is; with
-    mixed signs and no -1 the depth decides, unknown here (position 0, corrected once it is known).
-    """
-    items = [int(x) for x in layers]
-    if absolute:
-        return max(range(len(items)), key=lambda j: (items[j], -j))
-    if -1 in items:
-        return items.index(-1)
-    if all(x >= 0 for x in items) or all(x < 0 for x in items):
-        return max(range(len(items)), key=lambda j: (items[j], -j))
-    return 0
-
-
-def plain_suffixes(labels, position: int) -> list[str]:
-    """'' at ``position``, '_layer<label>' elsewhere."""
-    return ["" if j == position else f"_layer{label}" for j, label in enumerate(labels)]
 
 
 def _number(v: Any) -> float:
