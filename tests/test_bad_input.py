@@ -9,7 +9,11 @@ Rows already covered elsewhere (each a regression test there):
 - a non-numeric value in a results JSON: tests/test_report.py
   (``test_non_numeric_and_missing_values_are_named_with_the_languages_each_mean_covers``).
 
-Here: the data rows, as a new user meets them (a mirror folder of their own, ``safespace-eval``).
+Here: the data rows, as a new user meets them (a mirror folder of their own, ``safespace-eval``), and issue 24's
+table: a Latin-1 mirror file, ``--batch_size 0``, a ``--metadata`` JSON syntax error, ``SAFESPACE_DATA_DIR`` naming a
+file, an empty mirror folder, a missing language file, layers out of range or of bad syntax (each one line, exit 2,
+lm-eval's model loading never reached); strict JSON of every file a run writes, with the reason of each null; no key
+for a null floor that was not asked for. The sweep's plain names: tests/test_sweep_tasks.py.
 """
 
 from __future__ import annotations

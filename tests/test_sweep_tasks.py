@@ -242,7 +242,8 @@ def test_family_row_of_a_sweep_averages_the_final_layer(tiny_model, mirror, tmp_
     meta = {"data_dir": str(mirror), "bootstrap_iters": 10, "pca_components": 4, "layers": "all", "n_permutations": 0}
     res = lm_eval.simple_evaluate(
         model="hf", model_args=f"pretrained={tiny_model},dtype=float32", device="cpu", batch_size=8,
-        tasks=["tiny_toxicity"], limit=16, task_manager=task_manager(include_path=str(tmp_path), metadata=meta),
+        tasks=["tiny_toxicity"], limit=16,
+        task_manager=task_manager(include_path=str(tmp_path), metadata=meta, include_defaults=False),
         metadata=meta,
     )
     rows = [res["results"][f"safespace-toxicity-{lang}"] for lang in ("en", "de")]
