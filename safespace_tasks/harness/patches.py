@@ -119,6 +119,8 @@ def null_value_reasons(nulled: list[tuple], details: dict[str, dict], results: d
             missing = [t for t in subtasks[row] if not _finite((results.get("results") or {}).get(t, {}).get(key))]
             reason = (f"mean over languages, of which {', '.join(missing)} could not be computed" if missing
                       else "could not be computed (not a finite number)")
+        elif str(row).startswith("safespace-units") and row not in details:
+            reason = "could not be computed (not a finite number); see this task's safespace_units_*.json"
         else:
             reason = _null_reason(details.get(row), metric)
         out.setdefault(str(row), {})[str(key)] = reason
