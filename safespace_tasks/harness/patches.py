@@ -187,6 +187,9 @@ def _install_tracker() -> None:
         else:
             written_results = results
         original(self, written_results, samples)
+        if written_results is not results:  # what the writer adds (task hashes, run config) reaches the caller too
+            for key, value in written_results.items():
+                results.setdefault(key, value)
         folder = results_folder(self)
         if folder is None:
             return
