@@ -109,37 +109,36 @@ def _read_generated(path: Path) -> dict[str, Any]:
     return out
 
 
-def _catalogue() -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """Our tasks (name -> (family, test split)) and groups (name -> family), read from task_configs/."""
+def _catalogue() -> tuple[dict[str, tuple[str, str]], dict[str, list[str]]]:
+    """Our tasks (name -> (family, test split)) and groups (name -> its task list), read from task_configs/."""
     from safespace_tasks.plugin import task_dir
 
     tasks: dict[str, tuple[str, str]] = {}
-    groups: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
     for folder in sorted(p for p in Path(task_dir()).iterdir() if p.is_dir()):
         for yml in folder.glob("*.yaml"):
             cfg = _read_generated(yml)
             if "group" in cfg:
-                groups[str(cfg["group"])] = folder.name
+                groups[str(cfg["group"])] = [str(t) for t in cfg.get("task") or []]
             elif "task" in cfg and isinstance(cfg["task"], str):
                 tasks[cfg["task"]] = (folder.name, str(cfg.get("test_split", "")))
     return tasks, groups
 
 
 def selected_tasks(task_names: Iterable[str]) -> dict[str, tuple[str, str]]:
-    """The safespace tasks (name -> (family, language)) that task names, group names and globs select."""
+    """The safespace tasks (name -> (family, language)) that task names, group names and globs select.
+
+    As lm-eval reads them: a group selects the tasks it lists (``safespace_continuation``: the four
+    mirrored locales, not every RTP-LX locale); a glob selects the tasks and groups whose names match.
+    """
     tasks, groups = _catalogue()
     out: dict[str, tuple[str, str]] = {}
     for name in task_names:
         name = name.strip()
-        families = set()
-        if name in tasks:
-            out[name] = tasks[name]
-        if name in groups:
-            families.add(groups[name])
-        if any(ch in name for ch in "*?["):
-            out.update({t: v for t, v in tasks.items() if fnmatch.fnmatchcase(t, name)})
-            families |= {fam for g, fam in groups.items() if fnmatch.fnmatchcase(g, name)}
-        out.update({t: v for t, v in tasks.items() if v[0] in families})
+        chosen = [g for g in groups if g == name or (any(ch in name for ch in "*?[") and fnmatch.fnmatchcase(g, name))]
+        members = [t for g in chosen for t in groups[g]]
+        members += [t for t in tasks if t == name or (any(ch in name for ch in "*?[") and fnmatch.fnmatchcase(t, name))]
+        out.update({t: tasks[t] for t in members if t in tasks})
     return out
 
 
