@@ -6,7 +6,9 @@ lm-eval (:mod:`safespace_tasks.harness.patches`, including the one that adds the
 folder to every ``TaskManager``, so no ``--include_path`` is needed; one you pass is searched too),
 parses the arguments with lm-eval's own parser, and checks what it can before any model is loaded:
 local model paths in ``--model_args`` and, through the harness's settings validator, the
-``--metadata`` of the safespace tasks. A problem found there exits with status 2 and one line
+``--metadata`` of the safespace tasks; then :mod:`safespace_tasks.preflight`: JSON syntax of the dict
+options, ``--batch_size``, the data mirror and its files, and ``layers`` against the model's
+``config.json``. A problem found there exits with status 2 and one line
 ``safespace-eval: error: ...`` on stderr.
 
 ``safespace`` holds the plugin's own tools, one entry per subcommand in :data:`SUBCOMMANDS`:
@@ -115,7 +117,23 @@ def preflight(args: argparse.Namespace) -> None:
     except ModelPathError as err:
         raise PreflightError(str(err)) from err
     metadata = {**_as_dict(config.get("metadata")), **_as_dict(getattr(args, "metadata", None))}
-    validate_settings(getattr(args, "tasks", None) or config.get("tasks"), metadata)
+    tasks = getattr(args, "tasks", None) or config.get("tasks")
+    validate_settings(tasks, metadata)
+    check_inputs(args, config, tasks, metadata, model_args)
+
+
+def check_inputs(args: argparse.Namespace, config: dict, tasks, metadata: dict, model_args: dict) -> None:
+    """The checks of :mod:`safespace_tasks.preflight` that need no model: batch size, data mirror, layer range."""
+    from safespace_tasks import preflight as pf
+
+    try:
+        pf.check_batch_size(getattr(args, "batch_size", None) if hasattr(args, "batch_size") else config.get("batch_size"))
+        names = [t for t in _task_names(tasks) if t.startswith("safespace")]
+        if names:
+            pf.check_task_data(names, metadata)
+            pf.check_layers_against_model(names, metadata, model_args)
+    except pf.InputError as err:
+        raise PreflightError(str(err)) from err
 
 
 def eval_main(argv: Sequence[str] | None = None) -> None:
@@ -136,6 +154,13 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
         return
     setup_logging()
     parser = HarnessCLI()
+    from safespace_tasks.preflight import InputError, check_dict_options
+
+    try:  # before lm-eval's parser, which stops on a JSON syntax error with a traceback
+        check_dict_options(sys.argv[1:])
+    except InputError as err:
+        print(f"{EVAL_PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     args = parser.parse_args()
     try:
         preflight(args)

@@ -40,6 +40,7 @@ __all__ = [
     "paradetox_pairs",
     "paradetox_texts",
     "load_docs",
+    "check_utf8",
 ]
 
 
@@ -95,6 +96,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     if value is None:
         return None
     root = Path(value).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"data mirror {root} is a file, not a folder (set by "
+            f"{'metadata ' + DATA_DIR_KEY if data_dir else '$' + DATA_DIR_ENV}). "
+            "Point it at the folder that holds one sub-folder per dataset (e.g. shared/data), not at a file in it."
+        )
     if not root.is_dir():
         raise DataError(
             f"data mirror folder {root} does not exist (set by "
@@ -112,6 +119,7 @@ def _read_mirror(spec: DatasetSpec, language: str, root: Path) -> list[dict[str,
             f"{root} must hold {spec.folder}/{language}.jsonl; fix the file, or unset ${DATA_DIR_ENV} / "
             f"metadata {DATA_DIR_KEY} to read the Hub."
         )
+    check_utf8(path)
     rows = []
     try:
         with jsonlines.open(path) as reader:
@@ -122,6 +130,25 @@ def _read_mirror(spec: DatasetSpec, language: str, root: Path) -> list[dict[str,
     except jsonlines.InvalidLineError as err:
         raise DataError(f"{path}: malformed JSON Lines ({err}). Re-copy the mirror file.") from err
     return rows
+
+
+def check_utf8(path: str | os.PathLike) -> None:
+    """Raise a :class:`DataError` naming the file, the line and the byte when ``path`` is not UTF-8.
+
+    Mirror files are JSON Lines in UTF-8 (a file saved as Latin-1 or cp1252 would otherwise stop with a
+    bare ``UnicodeDecodeError`` that names neither the file nor the fix).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}, line {lineno}: not UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}). "
+                    "Mirror files must be UTF-8 JSON Lines; re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) "
+                    "or re-copy it from the dataset."
+                ) from None
 
 
 def _read_hub(spec: DatasetSpec, language: str) -> list[dict[str, Any]]:
@@ -501,6 +528,7 @@ def _unit_rows(relpath: str, columns: tuple[str, ...], data_dir: str | os.PathLi
     path = root / relpath
     if not path.is_file():
         raise DataError(f"{path} is missing; the mirror root {root} must hold {relpath}.")
+    check_utf8(path)
     rows = []
     with jsonlines.open(path) as reader:
         for lineno, row in enumerate(reader, start=1):

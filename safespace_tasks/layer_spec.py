@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label", "normalize_spec", "is_plain", "resolve_spec"]
+__all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label", "normalize_spec", "is_plain", "resolve_spec",
+           "unsuffixed_position", "plain_suffixes"]
 
 ALLOWED_FORMS = (
     "'all'; an integer index such as 5 or -1 (-1 = final layer after the norm); a range 'a:b' or 'a:b:step' "
@@ -247,3 +248,25 @@ def resolve_spec(spec: Any, n_layers: int, *, key: str = "layers") -> tuple[tupl
             indices.append(idx)
             labels.append(str(item) if isinstance(item, int) else str(idx))
     return tuple(indices), tuple(labels)
+
+
+def unsuffixed_position(layers, absolute: bool = False) -> int:
+    """Position in ``layers`` of the layer reported under the plain metric names: the deepest one read.
+
+    ``absolute``: the entries are hidden-state indices (0..L). Otherwise they are as written (negative
+    counts from the final layer): -1 is the deepest; with all entries of one sign the largest is; with
+    mixed signs and no -1 the depth decides, unknown here (position 0, corrected once it is known).
+    """
+    items = [int(x) for x in layers]
+    if absolute:
+        return max(range(len(items)), key=lambda j: (items[j], -j))
+    if -1 in items:
+        return items.index(-1)
+    if all(x >= 0 for x in items) or all(x < 0 for x in items):
+        return max(range(len(items)), key=lambda j: (items[j], -j))
+    return 0
+
+
+def plain_suffixes(labels, position: int) -> list[str]:
+    """'' at ``position``, '_layer<label>' elsewhere."""
+    return ["" if j == position else f"_layer{label}" for j, label in enumerate(labels)]

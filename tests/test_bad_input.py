@@ -9,7 +9,11 @@ Rows already covered elsewhere (each a regression test there):
 - a non-numeric value in a results JSON: tests/test_report.py
   (``test_non_numeric_and_missing_values_are_named_with_the_languages_each_mean_covers``).
 
-Here: the data rows, as a new user meets them (a mirror folder of their own, ``safespace-eval``).
+Here: the data rows, as a new user meets them (a mirror folder of their own, ``safespace-eval``), and issue 24's
+table: a Latin-1 mirror file, ``--batch_size 0``, a ``--metadata`` JSON syntax error, ``SAFESPACE_DATA_DIR`` naming a
+file, an empty mirror folder, a missing language file, layers out of range or of bad syntax (each one line, exit 2,
+lm-eval's model loading never reached); strict JSON of every file a run writes, with the reason of each null; no key
+for a null floor that was not asked for. The sweep's plain names: tests/test_sweep_tasks.py.
 """
 
 from __future__ import annotations
@@ -89,10 +93,13 @@ def test_one_string_per_class_repeated_is_nan_with_the_reason_never_a_huge_numbe
     results, details, log, _ = degenerate_run
     row, layer = results["safespace-toxicity-en"], _layer(details, "safespace-toxicity-en")
     for m in ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc"):
-        assert math.isnan(row[f"{m},none"]), (m, row[f"{m},none"])
+        assert row[f"{m},none"] is None, (m, row[f"{m},none"])  # strict JSON: null, never NaN
         assert row[f"{m}_stderr,none"] == "N/A"
         assert "distinct state" in layer["degenerate"][m]
-        assert math.isnan(row[f"{m}_null,none"]) and math.isnan(row[f"{m}_p,none"])
+        if m == "probe_auroc":  # probe_permutations 0 (the default): its null floor is not computed, no key
+            assert f"{m}_null,none" not in row and f"{m}_p,none" not in row
+        else:
+            assert row[f"{m}_null,none"] is None and row[f"{m}_p,none"] is None
     assert details["safespace-toxicity-en"]["n_degenerate_metrics"] == 4
     assert details["safespace-toxicity-en"]["n_duplicate_texts"] == 38  # 40 texts, 2 distinct
     assert "bhattacharyya is NaN" in log  # the log names it too
@@ -101,7 +108,7 @@ def test_one_string_per_class_repeated_is_nan_with_the_reason_never_a_huge_numbe
         if isinstance(v, float) and math.isfinite(v):
             assert abs(v) < 1e3, (k, v)
     for m, (lo, hi) in layer["ci"].items():
-        assert not (lo < 0 and m != "silhouette"), (m, lo)
+        assert not (lo is not None and lo < 0 and m != "silhouette"), (m, lo)
 
 
 def test_planted_copies_of_a_text_are_counted_and_grouped(degenerate_run):
@@ -123,7 +130,7 @@ def test_one_pair_repeated_gives_no_paired_shift_of_rounding_errors(degenerate_r
     results, details, _, _ = degenerate_run
     row, layer = results["safespace-paradetox-en"], _layer(details, "safespace-paradetox-en")
     for m in ("paired_shift", "pair_order_acc", "bcv_ratio", "bhattacharyya", "probe_auroc"):
-        assert math.isnan(row[f"{m},none"]), (m, row[f"{m},none"])
+        assert row[f"{m},none"] is None, (m, row[f"{m},none"])
         assert layer["degenerate"][m]
     assert "distinct toxic-minus-neutral displacements" in layer["degenerate"]["paired_shift"]
     assert details["safespace-paradetox-en"]["n_duplicate_texts"] == 38  # 20 pairs of the same two texts
@@ -166,3 +173,160 @@ def test_saved_states_carry_the_groups_the_metrics_used(degenerate_run):
         assert res.stderr[m] == pytest.approx(row[f"{m}_stderr,none"], rel=1e-9)
     for m in ("bcv_ratio", "bhattacharyya", "silhouette"):
         assert res.p_value[m] == pytest.approx(row[f"{m}_p,none"], rel=1e-12)
+
+
+# --- issue 24: bad input a new user still hit, each stopped before the model loads -----------------------------
+
+
+@pytest.fixture
+def eval_in_process(monkeypatch):
+    """``safespace-eval ARGS`` in this process; lm-eval's execution (model load and run) replaced by a recorder."""
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.tasks import TaskManager
+
+    import sys
+
+    from safespace_tasks import cli
+
+    monkeypatch.setattr(TaskManager, "__init__", TaskManager.__init__)  # restored after the test
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    executed = []
+    monkeypatch.setattr(HarnessCLI, "execute", lambda self, args: executed.append(args))
+
+    def run(args: list[str]) -> tuple[int, str]:
+        try:
+            cli.eval_main(args)
+        except SystemExit as stop:
+            return int(stop.code), ""
+        return 0, ""
+
+    run.executed = executed
+    return run
+
+
+def _tiny_mirror(root: Path, languages=("en",)) -> Path:
+    for lang in languages:
+        write_jsonl(root / TOX / f"{lang}.jsonl", synthetic_texts(6, seed=1))
+    return root
+
+
+def _cli_args(model: Path, tasks: str = "safespace-toxicity-en", meta: dict | None = None, batch: str = "8") -> list[str]:
+    args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu", "--tasks", tasks,
+            "--limit", "12", "--batch_size", batch]
+    return args + (["--metadata", json.dumps(meta)] if meta is not None else [])
+
+
+def _latin1(root: Path) -> str:
+    path = _tiny_mirror(root) / TOX / "en.jsonl"
+    with open(path, "ab") as f:
+        f.write('{"text": "caf\u00e9 ol\u00e9", "toxic": 0}\n'.encode("latin-1"))
+    return str(root)
+
+
+def _file(root: Path) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mirror.jsonl").write_text("{}\n", encoding="utf-8")
+    return str(root / "mirror.jsonl")
+
+
+def _empty(root: Path) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+# (case, data dir maker, extra args, words of the one-line error)
+BAD_INPUTS = [
+    ("latin1 mirror file", _latin1, {}, ["en.jsonl, line 13", "not UTF-8", "byte 0xe9", "must be UTF-8"]),
+    ("--batch_size 0", lambda r: str(_tiny_mirror(r)), {"batch": "0"},
+     ["--batch_size 0", "positive integer", "'auto'"]),
+    ("--metadata syntax error", lambda r: str(_tiny_mirror(r)), {"raw_meta": '{"pca_components": 5 "seed": 1}'},
+     ["--metadata is not valid JSON", "Expecting ',' delimiter", "column 22", "key=value"]),
+    ("SAFESPACE_DATA_DIR is a file", _file, {}, ["mirror.jsonl is a file, not a folder", "$SAFESPACE_DATA_DIR",
+                                                 "one sub-folder per dataset"]),
+    ("empty mirror folder", _empty, {}, ["holds none of the dataset folders", "multilingual_toxicity_dataset",
+                                         "unset it to read the Hugging Face Hub"]),
+    ("missing language file", lambda r: str(_tiny_mirror(r)), {"tasks": "safespace-toxicity-en,safespace-toxicity-de"},
+     ["safespace-toxicity-de: mirror file", "multilingual_toxicity_dataset/de.jsonl is missing", "drop the task"]),
+    ("layer out of range", lambda r: str(_tiny_mirror(r)), {"meta": {"layers": [0, 5]}},
+     ["layer 5 is out of range for a model with 2 decoder layers", "0..2", "config.json"]),
+    ("range out of range", lambda r: str(_tiny_mirror(r)), {"meta": {"layers": "0:9"}},
+     ["'0:9'", "2 decoder layers"]),
+    ("layer syntax", lambda r: str(_tiny_mirror(r)), {"meta": {"layers": "1;2"}}, ["'layers' = '1;2'", "Allowed forms"]),
+]
+
+
+@pytest.mark.parametrize("case, make_dir, extra, words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_it_and_the_fix_before_the_model_loads(case, make_dir, extra, words, tiny_model,
+                                                                             tmp_path, monkeypatch, capsys,
+                                                                             eval_in_process):
+    monkeypatch.setenv("SAFESPACE_DATA_DIR", make_dir(tmp_path / "data"))
+    args = _cli_args(tiny_model, extra.get("tasks", "safespace-toxicity-en"), extra.get("meta", {}),
+                     extra.get("batch", "8"))
+    if "raw_meta" in extra:
+        args[-1] = extra["raw_meta"]
+    status, _ = eval_in_process(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2, err[-5:]
+    assert eval_in_process.executed == []  # lm-eval never built the model
+    line = err[-1]
+    assert line.startswith("safespace-eval: error: ") and "Traceback" not in "\n".join(err)
+    for w in words:
+        assert w in line, (w, line)
+
+
+def test_a_good_command_line_passes_the_checks(tiny_model, tmp_path, monkeypatch, eval_in_process):
+    monkeypatch.setenv("SAFESPACE_DATA_DIR", str(_tiny_mirror(tmp_path / "data")))
+    assert eval_in_process(_cli_args(tiny_model, meta={"layers": "all"}, batch="auto:2"))[0] == 0
+    assert len(eval_in_process.executed) == 1
+
+
+def test_the_loader_names_a_latin1_file_and_its_line_for_the_stock_lm_eval(tmp_path):
+    """The stock ``lm_eval`` has no preflight: the loader itself gives the same message (after the model loads)."""
+    from safespace_tasks.data import DataError, load_rows
+
+    root = _latin1(tmp_path / "data")
+    with pytest.raises(DataError) as err:
+        load_rows("textdetox/multilingual_toxicity_dataset", "en", root)
+    assert "en.jsonl, line 13: not UTF-8 (byte 0xe9" in str(err.value) and "UnicodeDecodeError" not in str(err.value)
+
+
+def test_results_and_details_are_strict_json_with_the_reason_of_each_null(degenerate_run):
+    """No NaN / Infinity in any JSON file of the run; a metric that could not be computed is null, and the
+    details file says why; a null floor that was not asked for (the probe's, by default) has no key at all."""
+    from safespace_tasks.strict_json import reject_constant
+
+    results, details, _, out = degenerate_run
+    files = sorted(out.rglob("*.json"))
+    assert any(f.name.startswith("results_") for f in files) and any(f.name.startswith("safespace_details_") for f in files)
+    for f in files:
+        json.loads(f.read_text(encoding="utf-8"), parse_constant=reject_constant)  # raises on NaN / Infinity
+    nulls = details["null_values"]
+    assert "distinct state" in nulls["safespace-toxicity-en"]["bcv_ratio,none"]
+    assert "distinct state" in nulls["safespace-toxicity-en"]["bcv_ratio_null,none"]  # the floor's reason is its metric's
+    assert "displacements" in nulls["safespace-paradetox-en"]["paired_shift,none"]
+    assert "safespace-toxicity-de" not in nulls  # a language that computed has no null
+    for row in results.values():
+        assert not any(k.startswith("probe_auroc_null") or k.startswith("probe_auroc_p,") for k in row)
+
+
+def test_null_out_and_the_reason_of_a_family_row():
+    from safespace_tasks.harness.patches import null_value_reasons
+    from safespace_tasks.strict_json import dumps, null_out
+
+    doc = {"results": {"safespace-toxicity-en": {"bcv_ratio,none": float("nan"), "n,none": 3},
+                       "safespace-toxicity-de": {"bcv_ratio,none": 0.25}},
+           "groups": {"safespace_toxicity": {"bcv_ratio,none": float("nan"), "bcv_ratio_stderr,none": float("inf")}},
+           "group_subtasks": {"safespace_toxicity": ["safespace-toxicity-en", "safespace-toxicity-de"]}}
+    clean, paths = null_out(doc)
+    assert clean["results"]["safespace-toxicity-en"] == {"bcv_ratio,none": None, "n,none": 3}
+    assert math.isnan(doc["results"]["safespace-toxicity-en"]["bcv_ratio,none"])  # the input is left as it was
+    assert sorted(paths) == sorted([("results", "safespace-toxicity-en", "bcv_ratio,none"),
+                                    ("groups", "safespace_toxicity", "bcv_ratio,none"),
+                                    ("groups", "safespace_toxicity", "bcv_ratio_stderr,none")])
+    assert json.loads(dumps({"x": [1.0, float("-inf"), np.float32("nan")]})) == {"x": [1.0, None, None]}
+    reasons = null_value_reasons(paths, {"safespace-toxicity-en": {"metric_suffixes": {2: ""},
+                                                                   "degenerate": {"2": {"bcv_ratio": "one class"}}}}, doc)
+    assert reasons["safespace-toxicity-en"]["bcv_ratio,none"] == "could not be computed: one class"
+    assert reasons["safespace_toxicity"]["bcv_ratio,none"] == (
+        "mean over languages, of which safespace-toxicity-en could not be computed")
+    assert reasons["safespace_toxicity"]["bcv_ratio_stderr,none"].startswith("no standard error")

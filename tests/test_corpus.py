@@ -31,7 +31,7 @@ def test_settings_parse_the_documented_forms():
          "pretrained": "/some/model", "dtype": "float32", "samples_per_prompt": 3}
     )
     assert s.layers == (0, -1) and s.pca_components == 5 and s.strict is True and s.ridge == 0.0
-    assert s.metric_suffixes() == ["", "_layer-1"]
+    assert s.metric_suffixes() == ["_layer0", ""]  # the final layer (-1) has the plain names
     assert SeparationSettings.from_metadata({"layers": 3}).layers == (3,)
     assert SeparationSettings.from_metadata({"pca_components": 4.0}).pca_components == 4  # integral float
     assert SeparationSettings.from_metadata({"ridge": None}).ridge is None  # null = the default

@@ -78,7 +78,7 @@ def test_dropin_prints_one_row_per_language_and_a_family_row(dropin_run):
             p = row[f"{metric}_p,none"]
             assert 1 / 101 <= p <= 1 and p * 101 == pytest.approx(round(p * 101))  # (1 + #exceed) / (1 + 100)
         assert 0 <= row["bcv_ratio_null,none"] <= 1 and row["bhattacharyya_null,none"] >= 0
-        assert np.isnan(row["probe_auroc_null,none"]) and np.isnan(row["probe_auroc_p,none"])
+        assert "probe_auroc_null,none" not in row and "probe_auroc_p,none" not in row  # not computed: no key
         assert f"| - {lang} " in stdout
     assert n_na < len(TOXICITY.languages)  # N/A is the exception, not the rule
     group = results["results"]["safespace_toxicity"]

@@ -43,6 +43,7 @@ def assert_same_metrics(a: dict, b: dict, tasks, metrics=SEPARATION, rel=1e-4, d
     for task in tasks:
         for m in metrics:
             va, vb = a["results"][task][f"{m},none"], b["results"][task][f"{m},none"]
+            va, vb = (float("nan") if v is None else v for v in (va, vb))  # a results file writes NaN as null
             assert vb == pytest.approx(va, rel=rel, abs=1e-7, nan_ok=True), (task, m, va, vb)
             if va != va:
                 assert details is not None, (task, m, "NaN without a details file to name the reason")

@@ -132,7 +132,8 @@ def test_layers_all_equals_single_layer_runs(sweep_runs):
     sweep, states = sweep_runs["all"]
     assert list(states.layers) == [0, 1, 2] and states.states.shape == (24, 3, 32)
     assert states.meta["n_layers"] == 2
-    for key, suffix, index in (("first", "", 0), ("final", "_layer2", 2)):
+    # the plain names are the final layer's (the paper's), the others carry their index
+    for key, suffix, index in (("first", "_layer0", 0), ("final", "", 2)):
         single, single_states = sweep_runs[key]
         np.testing.assert_array_equal(states.layer(index), single_states.states[:, 0])  # bit for bit
         for m in SEP:
@@ -140,10 +141,11 @@ def test_layers_all_equals_single_layer_runs(sweep_runs):
             assert sweep[f"{m}{suffix}_stderr,none"] == single[f"{m}_stderr,none"]
     for m in SEP:  # the middle layer is reported too, and the peak summary
         assert np.isfinite(sweep[f"{m}_layer1,none"])
-        values = [sweep[f"{m},none"], sweep[f"{m}_layer1,none"], sweep[f"{m}_layer2,none"]]
+        values = [sweep[f"{m}_layer0,none"], sweep[f"{m}_layer1,none"], sweep[f"{m},none"]]
         assert sweep[f"{m}_best,none"] == max(values)
         assert sweep[f"{m}_best_layer,none"] == float(int(np.argmax(values)))
-        assert sweep[f"{m}_final,none"] == sweep[f"{m}_layer2,none"]
+        assert sweep[f"{m}_final,none"] == sweep[f"{m},none"]
+        assert f"{m}_layer2,none" not in sweep
     assert states.meta["peak"]["probe_auroc"]["final_layer"] == 2
     assert "probe_auroc_best" not in sweep_runs["final"][0] and "probe_auroc_best,none" not in sweep_runs["final"][0]
 
@@ -178,12 +180,15 @@ def test_transfer_task_equals_transfer_matrix_on_its_saved_states(transfer_run):
                         seed=1234, n_splits=5)
     names = {"transfer_auroc": "transfer_auroc", "own_auroc": "transfer_own_auroc", "ratio": "transfer_ratio",
              "cosine": "transfer_cosine", "ratio_above_chance": "transfer_ratio_above_chance"}
-    for layer, suffix in ((1, ""), (2, "_layer2")):
+    for layer, suffix in ((1, "_layer1"), (2, "")):  # "1:" on two layers: the final layer (2) has the plain names
         for tgt in ("en", "de", "am"):
             cell = m.cell("en", tgt, layer)
             for q, prefix in names.items():
                 got, want = row[f"{prefix}_en_{tgt}{suffix},none"], cell[q].value
-                assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want, rel=1e-12), (q, tgt, layer)
+                if got is None:  # strict JSON: a value that could not be computed is null
+                    assert np.isnan(want), (q, tgt, layer)
+                    continue
+                assert got == pytest.approx(want, rel=1e-12), (q, tgt, layer)
             assert row[f"transfer_auroc_en_{tgt}{suffix}_stderr,none"] == pytest.approx(cell["transfer_auroc"].stderr)
     assert row["transfer_auroc_en_en,none"] == row["transfer_own_auroc_en_en,none"]  # the diagonal: own AUROC
     details = json.loads(next(folder.glob("safespace_details_*.json")).read_text())
@@ -215,7 +220,52 @@ def test_report_shows_the_matrix_the_sweep_and_the_gain(transfer_run, tmp_path):
     results = json.loads(transfer_run.read_text())["results"]["safespace-toxicity-de"]
     arrays = summary["layer_arrays"]["base"]["toxicity"]["probe_auroc"]
     assert arrays["layers"] == [1, 2] and arrays["n_layers"] == 2
-    assert arrays["languages"]["de"] == [results["probe_auroc,none"], results["probe_auroc_layer2,none"]]
+    assert arrays["languages"]["de"] == [results["probe_auroc_layer1,none"], results["probe_auroc,none"]]
     cells = summary["transfer"]["base"]["cells"]
     assert {(c["layer"], c["target"]) for c in cells} == {(l, t) for l in (1, 2) for t in ("en", "de", "am")}
     assert "probe_auroc_best" not in md.split("Family: toxicity")[1].split("separation per layer")[0]
+
+
+def test_family_row_of_a_sweep_averages_the_final_layer(tiny_model, mirror, tmp_path):
+    """``layers: all``: each language's plain metric is its final layer, and the family row (the generated group,
+    cut to two languages) averages that same layer. ``n_permutations 0``: no null floor, no key for it."""
+    from safespace_tasks.plugin import task_dir
+
+    text = (Path(task_dir()) / "toxicity" / "_safespace_toxicity.yaml").read_text()
+    head, _, rest = text.partition("aggregate_metric_list:")
+    group = "group: tiny_toxicity\ntask:\n  - safespace-toxicity-en\n  - safespace-toxicity-de\n"
+    (tmp_path / "_tiny_toxicity.yaml").write_text(group + "aggregate_metric_list:" + rest)
+    import lm_eval
+
+    from safespace_tasks import task_manager
+
+    meta = {"data_dir": str(mirror), "bootstrap_iters": 10, "pca_components": 4, "layers": "all", "n_permutations": 0}
+    res = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={tiny_model},dtype=float32", device="cpu", batch_size=8,
+        tasks=["tiny_toxicity"], limit=16,
+        task_manager=task_manager(include_path=str(tmp_path), metadata=meta, include_defaults=False),
+        metadata=meta,
+    )
+    rows = [res["results"][f"safespace-toxicity-{lang}"] for lang in ("en", "de")]
+    family = res["groups"]["tiny_toxicity"] if "tiny_toxicity" in res.get("groups", {}) else res["results"]["tiny_toxicity"]
+    for m in SEP:
+        for row in rows:
+            assert row[f"{m},none"] == row[f"{m}_final,none"] and f"{m}_layer2,none" not in row
+        assert family[f"{m},none"] == pytest.approx(np.mean([r[f"{m},none"] for r in rows]), rel=1e-12)
+        assert family[f"{m},none"] == pytest.approx(np.mean([r[f"{m}_final,none"] for r in rows]), rel=1e-12)
+    assert family["bcv_ratio,none"] != pytest.approx(np.mean([r["bcv_ratio_layer0,none"] for r in rows]))
+    assert not [k for row in rows for k in row if "_null" in k or "_p," in k]  # switched off: no key, no NaN
+
+
+@pytest.mark.parametrize("layers, absolute, position", [
+    ([-1], False, 0), ([0, -1], False, 1), ([-1, 0, 8], False, 0), ([0, 8, 4], False, 1), ([-3, -2], False, 1),
+    ([4, -2], False, 0),  # mixed signs without -1: the depth decides, known only once the model answers
+    ([0, 1, 2], True, 2), ([30, 0, 1], True, 0), ([5, 7, 7], True, 1),
+])
+def test_the_plain_names_go_to_the_deepest_layer_read(layers, absolute, position):
+    from safespace_tasks.layer_spec import plain_suffixes, unsuffixed_position
+
+    assert unsuffixed_position(layers, absolute=absolute) == position
+    suffixes = plain_suffixes([str(x) for x in layers], position)
+    assert suffixes.count("") == 1 and suffixes[position] == ""
+    assert SeparationSettings.from_metadata({"layers": [0, 8, -1]}).metric_suffixes() == ["_layer0", "_layer8", ""]

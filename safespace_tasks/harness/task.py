@@ -25,7 +25,7 @@ from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
-from safespace_tasks.layer_spec import is_plain, resolve_spec
+from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
 from safespace_tasks.metrics import (
     METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
 )
@@ -139,8 +139,9 @@ class SeparationSettings(TaskSettings):
 
     layers: hidden-state indices to read (0 = embeddings, -1 = final layer after the norm), ``all``,
         ranges (``"0:12"``: Python slice semantics) or a list of these (:mod:`safespace_tasks.layer_spec`);
-        metrics of the first are reported under plain names, the others as ``<metric>_layer<i>``
-        (``i`` as written for an index, the absolute index for ``all`` and ranges). With two or
+        metrics of the deepest layer read (the final layer, the paper's, whenever it is read: ``all``,
+        ``-1``, ``"4:"``) are reported under plain names and averaged in the family row, the others as
+        ``<metric>_layer<i>`` (``i`` as written for an index, the absolute index for ``all`` and ranges). With two or
         more layers, each per-layer metric also gets ``<m>_best``, ``<m>_best_layer``, ``<m>_final``.
     pooling: ``last`` (last prompt token, the paper) or ``mean``.
     pca_components: k of PCA-k (paper: 10).
@@ -155,7 +156,7 @@ class SeparationSettings(TaskSettings):
     n_permutations: label permutations of the null floor (``<metric>_null``, ``<metric>_p``); 0 skips.
     probe_refits: bootstrap replicates that refit the probe to widen its stderr (0 = fixed scores).
     probe_permutations: permutations (at most ``n_permutations``) that refit the probe for its null
-        (0: ``probe_auroc_null`` and ``probe_auroc_p`` are NaN).
+        (0, the default: ``probe_auroc_null`` and ``probe_auroc_p`` are not reported, no key at all).
     Also: bootstrap_iters, ci_level, seed (doc order, probe folds, bootstrap), strict, data_dir
     (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
     """
@@ -193,11 +194,28 @@ class SeparationSettings(TaskSettings):
             "state_cache": str(os.path.expanduser(self.state_cache)) if self.state_cache else None,
         }
 
+    def switched_off(self) -> frozenset[str]:
+        """Metric names (without layer suffix) these settings do not compute: they get no key at all.
+
+        ``n_permutations`` 0 turns off every null floor and p-value; ``probe_permutations`` 0 (the
+        default) the probe's. A results JSON never holds a NaN that means "not asked for".
+        """
+        off = set()
+        for m in METRIC_NAMES:
+            if self.n_permutations == 0 or (m == "probe_auroc" and self.probe_permutations == 0):
+                off |= {f"{m}_null", f"{m}_p"}
+        return frozenset(off)
+
     def metric_suffixes(self) -> list[str]:
-        """'' for the first layer, '_layer<i>' for the others (a sweep: the first only, until resolved)."""
+        """'' for the deepest layer named, '_layer<i>' (as written) for the others (a sweep: '' only, until resolved).
+
+        The deepest is -1 (the final layer, the paper's) when the list names it; otherwise the largest
+        index when all are >= 0 (or all < 0). A list that mixes signs without -1 needs the model's depth:
+        the first entry here, corrected once the model answers (:meth:`HiddenSpaceTask.adopt_layers`).
+        """
         if not self.plain_layers:
             return [""]
-        return [""] + [f"_layer{layer}" for layer in self.layers[1:]]
+        return plain_suffixes(self.layers, unsuffixed_position(self.layers))
 
 
 def _number(v: Any) -> float:
@@ -263,6 +281,8 @@ class HiddenSpaceTask(CorpusTask):
         suffixes = self.layer_suffixes()
         names = mt.family_metrics(self.FAMILY)
         per_layer = [m for m in names if mt.spec(m).per_layer]
+        off = self.settings.switched_off()
+        per_layer = [m for m in per_layer if m not in off]
         out = [m + sfx for sfx in suffixes for m in per_layer]
         if len(suffixes) > 1:
             out += [m + p for m in per_layer if mt.has_peak(m) for p in mt.PEAK_SUFFIXES]
@@ -285,7 +305,8 @@ class HiddenSpaceTask(CorpusTask):
             for item, idx in zip(spec, layers):
                 if item < 0 <= idx:
                     depth = idx - item - 1
-            self._resolved = (layers, self.settings.metric_suffixes(), depth)
+            # the deepest index read gets the plain names (the written form could not always tell)
+            self._resolved = (layers, plain_suffixes(spec, unsuffixed_position(layers, absolute=True)), depth)
             self._add_metric_names()
             return
         depth = SWEEP_DEPTH.get(self.config.task)
@@ -309,12 +330,18 @@ class HiddenSpaceTask(CorpusTask):
         if indices != layers:
             raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
                              f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
-        suffixes = [""] + [f"_layer{label}" for label in labels[1:]]
+        # the deepest index read (the final layer for 'all' and open ranges) gets the plain names
+        suffixes = plain_suffixes(labels, unsuffixed_position(indices, absolute=True))
         self._resolved = (layers, suffixes, depth if exact else None)
         self._add_metric_names()
 
     def _add_metric_names(self) -> None:
         self._metric_names = self.metric_names()
+        stale = [m for m, agg in self._aggregators.items() if m not in self._metric_names and agg != "mean"]
+        for m in stale:  # a name guessed before the depth was known (no doc has reported it yet)
+            del self._aggregators[m]
+        if stale:
+            self.config.metric_list = [e for e in self.config.metric_list if e.get("metric") not in stale]
         for m in self._metric_names:
             if m not in self._aggregators:
                 self._aggregators[m] = CorpusAggregator(self, m)
@@ -390,9 +417,11 @@ class HiddenSpaceTask(CorpusTask):
                 analysis.values[m + suffix] = _number(v)
                 if m in res.stderr:
                     analysis.stderr[m + suffix] = float(res.stderr[m])
+            off = s.switched_off()
             for m in METRIC_NAMES:  # the null floor and the permutation p-value (no stderr: references)
-                analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
-                analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
+                if m + "_null" not in off:
+                    analysis.values[m + "_null" + suffix] = _number(res.null.get(m))
+                    analysis.values[m + "_p" + suffix] = _number(res.p_value.get(m))
             for m, v in res.bhattacharyya_terms().items():  # diagnostics: no stderr
                 analysis.values[m + suffix] = _number(v)
             for m, why in res.degenerate.items():

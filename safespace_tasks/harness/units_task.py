@@ -426,7 +426,9 @@ def save_units(pending: dict[str, Any], folder: Path, task: str, date_id: str | 
     stem = units_file_stem(task, date_id)
     tensors = save_unit_stats(folder / f"{stem}.safetensors", pending["sets"], pending["layout"], meta, extra=pending["arrays"])
     summary_path = folder / f"{stem}.json"
-    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
+    from safespace_tasks.strict_json import dumps as strict_dumps  # null, never NaN
+
+    summary_path.write_text(strict_dumps(summary, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
     return [tensors, summary_path]
 
 

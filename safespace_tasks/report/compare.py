@@ -518,8 +518,10 @@ def _settings_core(task: TaskResult) -> dict[str, Any]:
     """The settings that decide a reported value (the extra layers and interval settings left out)."""
     s = {k: v for k, v in task.settings.items() if k != "layers" and k not in INTERVAL_SETTINGS}
     layers = task.requested_layers()
-    if layers:
-        s["first layer"] = layers[0]
+    if layers:  # the layer whose metrics carry the plain names (the deepest read)
+        from safespace_tasks.layer_spec import unsuffixed_position
+
+        s["layer of the plain names"] = layers[unsuffixed_position(layers)]
     return s
 
 

@@ -406,12 +406,15 @@ def _states_agree(task: TaskResult, meta: dict[str, Any]) -> str | None:
     """None when the states file's recorded metrics are the results JSON's; else why not."""
     by_layer = meta.get("metrics_by_layer") or {}
     layers = meta.get("layers") or []
-    if not layers or str(layers[0]) not in by_layer:
+    # the layer reported under the plain names (the deepest read; the first in runs before that rule)
+    plain = [str(i) for i, sfx in (meta.get("metric_suffixes") or {}).items() if sfx == ""]
+    first = plain[0] if plain else (str(layers[0]) if layers else None)
+    if first is None or first not in by_layer:
         return "it records no metrics to check against the results"
-    recorded = (by_layer[str(layers[0])] or {}).get("values") or {}
+    recorded = (by_layer[first] or {}).get("values") or {}
     for name, value in recorded.items():
         m = task.metrics.get(name)
-        if m is None:
+        if m is None or value is None:
             continue
         same = (math.isnan(m.value) and math.isnan(value)) or math.isclose(m.value, value, rel_tol=1e-9, abs_tol=1e-12)
         if not same:
