@@ -342,6 +342,21 @@ def _layer_scope(details: dict[str, Any], key: str) -> tuple[int | None, dict[st
     return None, details
 
 
+def _measured_at(details: dict[str, Any], metric: str) -> tuple[int | None, dict[str, Any], str]:
+    """(hidden-state index, the details of that layer, the name the details use) for a metric key.
+
+    A sweep's ``<m>_best`` / ``<m>_final`` is ``<m>`` at the layer the sweep's peak names."""
+    spec = mt.spec(metric)
+    if not spec.sweep_only:
+        idx, scope = _layer_scope(details, metric)
+        return idx, scope, spec.name
+    stem, _, which = spec.name.rpartition("_")
+    peak = (details.get("peak") or {}).get(stem) or {}
+    idx = peak.get(f"{which}_layer") if isinstance(peak.get(f"{which}_layer"), int) else None
+    scope = ((details.get("metrics_by_layer") or {}).get(str(idx)) or {}) if idx is not None else {}
+    return idx, scope, stem
+
+
 def _interval(scope: dict[str, Any], base: str, value: float) -> dict[str, Any] | None:
     """The bootstrap interval the details record for this metric, when its recorded value is the reported one."""
     for d in _walk(scope):
@@ -535,14 +550,15 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
         elif role == SCORE:
             if value is None:
                 raw = values[key]
-                why = "the results JSON holds NaN" if isinstance(raw, float) else f"not a number ({raw!r})"
+                why = "not computed: no finite value in the results JSON" if isinstance(raw, float) else \
+                    f"not a number ({raw!r})"
                 if entry.is_group:
                     missing = _missing_languages(entry, subtasks, key)
                     if missing:
                         why = f"the family mean is undefined: no value in {', '.join(missing)}"
                 else:
-                    _, scope = _layer_scope(details, key.split(":", 1)[0])
-                    why = _reason(scope, mt.spec(key.split(":", 1)[0]).name) or why
+                    _, scope, base = _measured_at(details, key.split(":", 1)[0])
+                    why = _reason(scope, base) or why
                 left_out.append(LeftOut(name, key, why))
             else:
                 scores[key] = value
@@ -558,7 +574,7 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
         metric = key.split(":", 1)[0]
         spec = mt.spec(metric)
         lo, hi = metric_bounds(metric)
-        idx, scope = _layer_scope(details, metric)
+        idx, scope, ci_name = _measured_at(details, metric)
         params: dict[str, Any] = dict(settings)
         if idx is not None:
             params["layer"] = idx  # hidden-state index: 0 = embeddings, the last = after the final norm
@@ -574,13 +590,12 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
             "score_type": "continuous",
             "min_score": _bound(lo),
             "max_score": _bound(hi),
-            "additional_details": {"aggregation": "family mean over the languages" if entry.is_group
-                                   else f"{spec.aggregation} ({'corpus metric over all texts' if spec.aggregation == mt.CORPUS else 'mean of one value per item'})"},
+            "additional_details": {"aggregation": _aggregation(spec, entry.is_group)},
         }
         if spec.unit in _KINDS:
             metric_config["metric_kind"] = _KINDS[spec.unit]
         se = _finite(stderrs.get(key))
-        found = None if entry.is_group else _interval(scope, spec.name, value)
+        found = None if entry.is_group else _interval(scope, ci_name, value)
         n = sample_count.get(f"{metric},none") if entry.is_group else n_task
         uncertainty: dict[str, Any] = {}
         score_extra: dict[str, str] = dict(refs.get(key, {}))
@@ -655,6 +670,14 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
     if evaluation_timestamp:
         record["evaluation_timestamp"] = evaluation_timestamp
     return record
+
+
+def _aggregation(spec: mt.MetricSpec, family_row: bool) -> str:
+    if family_row:
+        return "family mean over the languages"
+    if spec.aggregation == mt.CORPUS:
+        return "corpus: one value from all the texts of the language"
+    return "mean: of one value per item"
 
 
 def _details_of(entry: _Entry) -> dict[str, Any]:
