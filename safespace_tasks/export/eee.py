@@ -468,8 +468,7 @@ def _source_data(entry: _Entry, sub_configs: list[dict[str, Any]], n: int | None
     dataset = entry.details.get("dataset") if isinstance(entry.details.get("dataset"), str) else None
     repo = dataset or (paths[0] if len(paths) == 1 else None)
     extra: dict[str, str] = dict(counts)
-    family = entry.name.split("-")[1] if entry.name.startswith("safespace-") else entry.name[len("safespace_"):]
-    extra["family"] = family
+    extra["family"] = _family_language(entry.name)[0]
     if entry.is_group:
         extra["languages"] = ",".join(languages)
         extra["row"] = "family row: lm-eval group, the unweighted mean over its languages"
@@ -482,14 +481,18 @@ def _source_data(entry: _Entry, sub_configs: list[dict[str, Any]], n: int | None
     if limit is not None:
         extra["limit"] = _s(limit)
     src: dict[str, Any] = {"dataset_name": entry.name}
-    if repo and "/" in repo and not repo.startswith(("/", ".")):
+    if repo and _HUB_ID_RE.match(repo) and not repo.startswith("safespace/"):
+        from safespace_tasks.data import DATASETS
+
         src["source_type"] = "hf_dataset"
         src["hf_repo"] = repo
         splits = sorted({str(c["test_split"]) for c in sub_configs if c.get("test_split")})
-        if len(splits) == 1:
+        # a split is the Hub's only for the datasets whose splits are languages; else it is our loader's key
+        hub_splits = repo in DATASETS and all(sp in DATASETS[repo].languages for sp in splits)
+        if len(splits) == 1 and hub_splits:
             src["hf_split"] = splits[0]
         elif splits:
-            extra["splits"] = ",".join(splits)
+            extra["splits" if hub_splits else "loader_split"] = ",".join(splits)
     else:
         src["source_type"] = "other"
         if paths:
@@ -509,7 +512,7 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
     configs = doc.get("configs") or {}
     subtasks = list((doc.get("group_subtasks") or {}).get(name, [])) if entry.is_group else [name]
     sub_configs = [configs[t] for t in subtasks if isinstance(configs.get(t), dict)]
-    languages = [t.rsplit("-", 1)[-1] for t in subtasks if t.startswith("safespace-")]
+    languages = [lang for lang in (_family_language(t)[1] for t in subtasks) if lang]
     if entry.is_group and not entry.details:  # the family row shares its languages' settings and layers
         all_details = _details_of(entry)
         entry.details = next((all_details[t] for t in subtasks if isinstance(all_details.get(t), dict)), {})
@@ -550,8 +553,8 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
         elif role == SCORE:
             if value is None:
                 raw = values[key]
-                why = "not computed: no finite value in the results JSON" if isinstance(raw, float) else \
-                    f"not a number ({raw!r})"
+                why = ("not computed: no finite value in the results JSON" if raw is None or isinstance(raw, float)
+                       else f"not a number ({raw!r})")
                 if entry.is_group:
                     missing = _missing_languages(entry, subtasks, key)
                     if missing:
@@ -670,6 +673,16 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
     if evaluation_timestamp:
         record["evaluation_timestamp"] = evaluation_timestamp
     return record
+
+
+def _family_language(task: str) -> tuple[str, str | None]:
+    """``safespace-refusal-margin-en`` -> ("refusal-margin", "en"); ``safespace-units`` -> ("units", None);
+    a family row ``safespace_toxicity`` -> ("toxicity", None)."""
+    if task.startswith("safespace_"):
+        return task[len("safespace_"):], None
+    rest = task[len("safespace-"):]
+    family, sep, language = rest.rpartition("-")
+    return (family, language) if sep else (rest, None)
 
 
 def _aggregation(spec: mt.MetricSpec, family_row: bool) -> str:
