@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     eee.add_argument("--model-id", metavar="ORG/NAME",
                      help="the model's Hub id (required when the run loaded a local folder, e.g. the embedded default)")
     eee.add_argument("--out", "-o", default="eee", metavar="DIR",
-                     help="folder to write into (default: eee); the records go under DIR/data/, or DIR itself if named data")
+                     help="folder to write into (default: eee): the records go under DIR/data/ "
+                          "(into DIR itself when it is named data)")
     eee.add_argument("--source-org", default="", metavar="NAME",
                      help="source_organization_name: who ran the evaluation (default: empty)")
     eee.add_argument("--evaluator-relationship", default="third_party", choices=RELATIONSHIPS,

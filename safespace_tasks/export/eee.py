@@ -164,7 +164,8 @@ def _bound(x: float) -> float | str:
 
 
 # How a results key relates to the scores: (role, the key of the metric it belongs to).
-SCORE, NULL, PVALUE, RANDOM, BEST_LAYER, COUNT = "score", "null_floor", "p_value", "random_baseline", "best_layer", "count"
+SCORE, NULL, PVALUE, RANDOM = "score", "null_floor", "p_value", "random_baseline"
+BEST_LAYER, COUNT = "best_layer", "count"
 
 
 def classify(key: str) -> tuple[str, str | None]:
@@ -449,6 +450,8 @@ def _model_info(doc: dict[str, Any], model_id: str, run_model: str) -> dict[str,
     for k in ("model_num_parameters", "model_dtype", "model_revision", "model_sha"):
         if config.get(k) not in (None, ""):
             details[k.replace("model_", "", 1)] = _s(config[k])
+    if not local and run_model and run_model != model_id:
+        details["run_model_name"] = run_model
     if local:
         details["weights"] = f"local folder {Path(run_model).name!r}, named {model_id} by the exporter (--model-id)"
         if embedded:
@@ -458,7 +461,8 @@ def _model_info(doc: dict[str, Any], model_id: str, run_model: str) -> dict[str,
     info: dict[str, Any] = {"name": model_id, "id": model_id, "developer": model_id.split("/")[0],
                             "additional_details": details}
     if config.get("model") in ("hf", "safespace-hf"):
-        info["inference_engine"] = {"name": "transformers", "version": str(doc.get("transformers_version") or "unknown")}
+        version = str(doc.get("transformers_version") or "unknown")
+        info["inference_engine"] = {"name": "transformers", "version": version}
     return info
 
 
@@ -518,7 +522,8 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
         entry.details = next((all_details[t] for t in subtasks if isinstance(all_details.get(t), dict)), {})
     details = entry.details
     n_eff = ((doc.get("n-samples") or {}).get(name) or {}).get("effective")
-    n_task = n_eff if isinstance(n_eff, int) else row.get("sample_len") if isinstance(row.get("sample_len"), int) else None
+    n_task = n_eff if isinstance(n_eff, int) else row.get("sample_len")
+    n_task = n_task if isinstance(n_task, int) else None
     sample_count = row.get("sample_count") if isinstance(row.get("sample_count"), dict) else {}
 
     values: dict[str, Any] = {}
@@ -846,7 +851,8 @@ def export_eee(runs: Sequence[str | Path], out: str | Path = "eee", *, model_id:
             if problems:  # our own bug: never write a record we know to be invalid
                 raise RuntimeError(f"{entry.name}: the EEE record is invalid: " + "; ".join(problems[:5]))
             org, _, model = record["model_info"]["id"].partition("/")
-            path = root / entry.name / org / model.replace("/", "_") / f"{_file_uuid(record['model_info']['id'], entry)}.json"
+            name = f"{_file_uuid(record['model_info']['id'], entry)}.json"
+            path = root / entry.name / org / model.replace("/", "_") / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
             result.records.append(path)
