@@ -263,3 +263,18 @@ def test_real_every_eval_ever_validate_accepts_the_records_and_our_required_fiel
     assert set(REQUIRED_FIELDS["evaluation_results[]"]) == set(item["required"])
     assert set(REQUIRED_FIELDS["evaluation_results[].metric_config"]) == set(item["properties"]["metric_config"]["required"])
     assert set(REQUIRED_FIELDS["evaluation_results[].score_details"]) == set(item["properties"]["score_details"]["required"])
+
+
+def test_a_value_outside_its_range_is_left_out_with_the_reason_and_rounding_at_a_bound_is_kept(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    results_file = next(copy.glob("*/results_*.json"))
+    doc = json.loads(results_file.read_text())
+    doc["results"]["safespace-toxicity-en"]["bcv_ratio,none"] = 1.5
+    doc["results"]["safespace-toxicity-de"]["probe_auroc,none"] = 1.0 + 1e-12
+    results_file.write_text(json.dumps(doc))
+    result = export_eee([copy], tmp_path / "eee", model_id=MODEL_ID)
+    (why,) = [lo.reason for lo in result.left_out if (lo.task, lo.metric) == ("safespace-toxicity-en", "bcv_ratio")]
+    assert "outside the metric's range [0.0, 1.0]" in why
+    de = next(p for p in result.records if p.parts[-4] == "safespace-toxicity-de")
+    assert _by_id(_strict(de.read_text()))["probe_auroc"]["score_details"]["score"] == 1.0

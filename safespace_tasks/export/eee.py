@@ -569,7 +569,12 @@ def _record(entry: _Entry, model_id: str, run_model: str, retrieved: str, relati
                     why = _reason(scope, base) or why
                 left_out.append(LeftOut(name, key, why))
             else:
-                scores[key] = value
+                lo, hi = metric_bounds(key.split(":", 1)[0])
+                if lo - 1e-9 <= value <= hi + 1e-9:  # rounding at a bound is the bound
+                    scores[key] = min(max(value, lo), hi)
+                else:
+                    left_out.append(LeftOut(name, key, f"{value!r} lies outside the metric's range [{lo}, {hi}]; "
+                                            "please report it (safespace_tasks/export/eee.py bounds)"))
         elif value is not None and parent is not None:
             refs.setdefault(parent, {})[role] = _s(int(value) if role == BEST_LAYER else value)
 
