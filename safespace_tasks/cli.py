@@ -310,6 +310,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments=_add_report_parser, run=lambda args, parser: report_main(args, parser),
     ),
     "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate="safespace_tasks.units_cli"),
+    "export": Subcommand("write finished runs as Every Eval Ever records (`safespace export eee RUN...`)",
+                         delegate="safespace_tasks.export.cli"),
 }
 
 
