@@ -12,7 +12,8 @@ local model paths in ``--model_args`` and, through the harness's settings valida
 ``safespace`` holds the plugin's own tools, one entry per subcommand in :data:`SUBCOMMANDS`:
 ``include-path`` prints the folder to hand the stock ``lm_eval --include_path``; ``model-path``
 prepares a small real model; ``report`` compares runs; ``units`` is delegated whole to
-``safespace_tasks.units_cli`` when that module is present.
+``safespace_tasks.units_cli`` when that module is present, ``judge-check`` to
+``safespace_tasks.judge_check``.
 """
 
 from __future__ import annotations
@@ -283,6 +284,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments=_add_report_parser, run=lambda args, parser: report_main(args, parser),
     ),
     "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate="safespace_tasks.units_cli"),
+    "judge-check": Subcommand("accuracy, refusal precision and recall of the refusal judges on human-labelled replies",
+                              delegate="safespace_tasks.judge_check"),
 }
 
 
