@@ -15,7 +15,7 @@ from dataclasses import dataclass
 __all__ = [
     "MetricSpec", "METRICS", "has_peak", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
-    "SCORER_QUALITY_METRICS", "FAMILIES", "PEAK_SUFFIXES", "TRANSFER_METRICS", "UNITS_LANGUAGES",
+    "SCORER_QUALITY_METRICS", "FAMILIES", "PEAK_SUFFIXES", "TRANSFER_METRICS", "UNITS_LANGUAGES", "units_language_pairs",
     "units_metric_applies",
 ]
 
@@ -265,6 +265,14 @@ def _units_rows() -> tuple[MetricSpec, ...]:
 
 
 METRICS = METRICS + _units_rows()
+
+
+def units_language_pairs(languages) -> list[tuple[str, str]]:
+    """The language pairs of ``languages`` as the units metrics name them (``jaccard_<a>_<b>``): each
+    pair once, ``a`` before ``b`` in :data:`UNITS_LANGUAGES` (MultiJail's) order, whatever order the
+    user listed them in. Unknown languages are left out."""
+    chosen = [lang for lang in UNITS_LANGUAGES if lang in set(languages)]
+    return [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]]
 
 
 def units_metric_applies(metric: str, languages) -> bool:
