@@ -124,7 +124,7 @@ class JudgeWeightsError(ValueError):
 def load_cue_weights() -> dict:
     """The shipped weights (``intercept``, ``weights`` by feature name, fit and held-out details)."""
     try:
-        text = resources.files("safespace_tasks").joinpath("judge_data", WEIGHTS_FILE).read_text(encoding="utf-8")
+        text = resources.files("safespace_tasks").joinpath("judge_data").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise JudgeWeightsError(f"the cue judge's weights file judge_data/{WEIGHTS_FILE} is missing from the "
                                 "package; reinstall safespace-tasks or rerun examples/fit_refusal_judge.py.") from err

@@ -113,8 +113,11 @@ def test_judge_check_maps_labels_and_counts_by_hand(tmp_path, capsys):
     g = _write(tmp_path / "y.jsonl", [{"completion": "Sure, here it is.", "final_label": "1_full_compliance"}])
     assert judge_check.main([str(g), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["judges"]["cue"]["precision"] is None
-    assert judge_check.main([str(f)]) == 0
-    assert "cue" in capsys.readouterr().out
+    from safespace_tasks import cli
+
+    assert cli.main(["judge-check", str(f)]) == 0  # `safespace judge-check` delegates here
+    out = capsys.readouterr().out
+    assert "x.jsonl" in out and "keyword" in out and "cue" in out
 
 
 def test_judge_check_bad_input_is_one_line(tmp_path, capsys):
