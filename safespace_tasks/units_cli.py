@@ -41,7 +41,8 @@ def check_model_folder(value: str, flag: str = "--model") -> None:
     path = Path(value).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UnitsInputError(f"{flag} {value}: a file, not a model folder; pass the folder holding config.json and the weights.")
+            raise UnitsInputError(f"{flag} {value}: a file, not a model folder; pass the folder holding config.json "
+                                  "and the weights.")
         if not (path / "config.json").is_file():
             what = "is empty" if not any(path.iterdir()) else "has no config.json"
             raise UnitsInputError(f"{flag} {value}: the folder {what}; pass a model folder (config.json and the weights, "
@@ -59,14 +60,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help="stats: per-unit statistics of a model; mask: unit classes from statistics; "
                                      "prune: a checkpoint with chosen classes zeroed; compare: two runs' classes")
     sp = sub.add_parser("stats", help="per-unit statistics of the safety and utility sets",
-                        description="Per-unit running statistics (mean and variance of every MLP neuron's and attention head's input to its output projection) over the response tokens of a safety set (AdvBench requests with refusals) and a utility set (Alpaca seed tasks); writes OUT/unit_stats.safetensors. The model is loaded after every input is checked.")
+                        description=("Per-unit running statistics (mean and variance of every MLP neuron's and attention "
+                                     "head's input to its output projection) over the response tokens of a safety set "
+                                     "(AdvBench requests with refusals) and a utility set (Alpaca seed tasks); writes "
+                                     "OUT/unit_stats.safetensors. The model is loaded after every input is checked."))
     sp.add_argument("--model", required=True, help="a model folder or Hub id (decoder-only)")
     sp.add_argument("--out", required=True, help="folder to write unit_stats.safetensors into")
     sp.add_argument("--n", type=int, default=128, help="samples per set (default 128, as the method)")
     sp.add_argument("--batch-size", default="8", help="an integer or 'auto'")
     sp.add_argument("--seed", type=int, default=0, help="seed of the sample drawn from each set")
     sp.add_argument("--no-chat-template", action="store_true",
-                    help="no chat template: the context is 'request\\n' (the newline is context, never scored) and the response follows")
+                    help="no chat template: the context is 'request\\n' (the newline is context, never scored) "
+                         "and the response follows")
     sp.add_argument("--data-dir", default=None, help="the data mirror (default: $SAFESPACE_DATA_DIR)")
     sp.add_argument("--max-length", type=int, default=None, help="truncate longer texts from the left")
     sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
@@ -74,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "accumulated in float64 either way")
 
     mp = sub.add_parser("mask", help="classify units from a statistics file and write the mask",
-                        description='Classify units into RU / SCU / UCU / CU from a statistics file (or a finished safespace_units run) and write a mask file with a JSON summary beside it.')
+                        description=('Classify units into RU / SCU / UCU / CU from a statistics file (or a finished safespace_units '
+                                     'run) and write a mask file with a JSON summary beside it.'))
     src = mp.add_mutually_exclusive_group(required=True)
     src.add_argument("--stats", help="unit_stats.safetensors written by `units stats`")
     src.add_argument("--from-run", dest="from_run", metavar="DIR",
@@ -89,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mp.add_argument("--ucu", type=float, default=0.10, help="utility-critical share (default 0.10)")
 
     pp = sub.add_parser("prune", help="write a checkpoint with the chosen classes zeroed",
-                        description='Load the model, check that the mask was written for its weights (a fingerprint that ignores the folder and the load dtype), zero the chosen classes, and save an ordinary model folder.')
+                        description=('Load the model, check that the mask was written for its weights (a fingerprint that ignores the '
+                                     'folder and the load dtype), zero the chosen classes, and save an ordinary model folder.'))
     pp.add_argument("--model", required=True, help="the model folder the mask was computed on")
     pp.add_argument("--mask", required=True,
                     help="mask file written by `safespace units mask` for this model's weights (.safetensors)")
@@ -101,7 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
     cp = sub.add_parser("compare", help="how the unit classes move between two models of one architecture",
-                        description='Compare the unit classes of two safespace_units runs of one architecture: SCU Jaccard per set, its random-set expectation, and the class transition matrix.')
+                        description=('Compare the unit classes of two safespace_units runs of one architecture: SCU Jaccard per set, '
+                                     'its random-set expectation, and the class transition matrix.'))
     cp.add_argument("--from-run", dest="from_run", required=True, metavar="DIR", help="safespace_units run of the first model")
     cp.add_argument("--to-run", dest="to_run", required=True, metavar="DIR", help="safespace_units run of the second model")
     cp.add_argument("--out", default=None, help="write the comparison here as JSON (default: stdout only)")

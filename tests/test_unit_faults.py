@@ -131,6 +131,8 @@ def test_pair_metrics_follow_multijail_order_whatever_order_the_languages_are_gi
 def no_model_load(monkeypatch):
     import lm_eval.models.huggingface as hf
 
+    import safespace_tasks.harness  # noqa: F401 - subclasses HFLM at import: import it before the patch
+
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
 
