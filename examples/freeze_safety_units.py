@@ -201,13 +201,18 @@ def measure(model, tok, advbench: list[str], alpaca_held: list[str], new_tokens:
 
 
 def table(results: dict) -> str:
-    lines = ["| frozen | units frozen | refusal before → after | attack success after | degenerate after "
-             "| over-refusal (held-out Alpaca) before → after | frozen entries unchanged |", "|" + "---|" * 7]
+    lines = ["| frozen | units frozen | refusal before → after | refusal (cue judge) before → after | attack success after "
+             "| degenerate after | over-refusal (held-out Alpaca) before → after | frozen entries unchanged |", "|" + "---|" * 8]
     before = results["before"]
+
+    def cue(block):
+        return f"{block['refusal_rate_cue']:.0%}" if "refusal_rate_cue" in block else "–"
+
     for mode, r in results["modes"].items():
         a = r["after"]
         lines.append(
             f"| {mode} | {r['selection']['units']} | {before['advbench']['refusal_rate']:.0%} → {a['advbench']['refusal_rate']:.0%} "
+            f"| {cue(before['advbench'])} → {cue(a['advbench'])} "
             f"| {a['advbench']['attack_success_rate']:.0%} | {a['advbench']['degeneration_rate']:.0%} "
             f"| {before['alpaca_heldout']['refusal_rate']:.0%} → {a['alpaca_heldout']['refusal_rate']:.0%} "
             f"| {r['frozen_unchanged']} |")

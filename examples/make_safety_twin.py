@@ -294,7 +294,8 @@ def evaluate(model, tok, data: dict, *, new_tokens: int, batch_size: int, limit:
         seconds[name] = time.perf_counter() - t0
         rates[name] = summarize_replies(got)
         replies[name] = [{"request": u, "reply": r, **judge_reply(r).as_dict()} for u, r in zip(users, got)]
-        log(f"  {name}: {len(users)} replies, refusal {rates[name]['refusal_rate']:.2f}, {seconds[name]:.0f}s")
+        log(f"  {name}: {len(users)} replies, refusal {rates[name]['refusal_rate']:.2f} "
+            f"(cue judge {rates[name]['refusal_rate_cue']:.2f}), {seconds[name]:.0f}s")
     return {"rates": rates, "replies": replies, "seconds": seconds}
 
 
@@ -303,17 +304,19 @@ def evaluate(model, tok, data: dict, *, new_tokens: int, batch_size: int, limit:
 def table(results: dict) -> str:
     models = [m for m in ("shipped", "twin") if m in results["models"]]
     rows = [("AdvBench 0-99 refusal", "advbench", "refusal_rate"),
+            ("AdvBench 0-99 refusal (cue judge)", "advbench", "refusal_rate_cue"),
             ("AdvBench 0-99 attack success", "advbench", "attack_success_rate"),
             ("AdvBench 0-99 degenerate", "advbench", "degeneration_rate"),
             ("held-out Alpaca over-refusal", "alpaca_heldout", "refusal_rate"),
+            ("held-out Alpaca over-refusal (cue judge)", "alpaca_heldout", "refusal_rate_cue"),
             ("held-out Alpaca degenerate", "alpaca_heldout", "degeneration_rate")]
     langs = [k[len("multijail_"):] for k in results["models"][models[0]]["rates"] if k.startswith("multijail_")]
     rows += [(f"MultiJail {lang} refusal", f"multijail_{lang}", "refusal_rate") for lang in langs]
     lines = ["| measure | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     present = set(results["models"][models[0]]["rates"])
     for title, key, rate in rows:
-        if key not in present:
-            continue
+        if key not in present or rate not in results["models"][models[0]]["rates"][key]:
+            continue  # results of a run before the cue judge have no refusal_rate_cue
         cells = [f"{100 * results['models'][m]['rates'][key][rate]:.0f} %" for m in models]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -138,12 +138,13 @@ def heldout_alpaca(tok, root: Path, n_calib: int, seed: int) -> list[tuple[str, 
 
 
 def table(results: dict) -> str:
-    head = ("| variant | units pruned (neurons / heads) | refusal | attack success | coherent attack success "
-            "| degenerate | ppl neutral en | ppl Alpaca held-out |")
-    lines = [head, "|" + "---|" * 8]
+    head = ("| variant | units pruned (neurons / heads) | refusal | refusal (cue judge) | attack success "
+            "| coherent attack success | degenerate | ppl neutral en | ppl Alpaca held-out |")
+    lines = [head, "|" + "---|" * 9]
     for name, r in results["variants"].items():
         j = r["judge"]
-        lines.append(f"| {name} | {r['pruned']['neurons']} / {r['pruned']['heads']} | {j['refusal_rate']:.0%} "
+        cue = f"{j['refusal_rate_cue']:.0%}" if "refusal_rate_cue" in j else "–"
+        lines.append(f"| {name} | {r['pruned']['neurons']} / {r['pruned']['heads']} | {j['refusal_rate']:.0%} | {cue} "
                      f"| {j['attack_success_rate']:.0%} | {j['coherent_attack_success_rate']:.0%} "
                      f"| {j['degeneration_rate']:.0%} | {r['ppl_neutral_en']:.1f} | {r['ppl_alpaca_heldout']:.1f} |")
     return "\n".join(lines) + "\n"

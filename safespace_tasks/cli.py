@@ -14,7 +14,8 @@ options, ``--batch_size``, the data mirror and its files, and ``layers`` against
 ``safespace`` holds the plugin's own tools, one entry per subcommand in :data:`SUBCOMMANDS`:
 ``include-path`` prints the folder to hand the stock ``lm_eval --include_path``; ``model-path``
 prepares a small real model; ``report`` compares runs; ``units`` is delegated whole to
-``safespace_tasks.units_cli`` when that module is present.
+``safespace_tasks.units_cli`` when that module is present, ``judge-check`` to
+``safespace_tasks.judge_check``.
 """
 
 from __future__ import annotations
@@ -312,6 +313,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate="safespace_tasks.units_cli"),
     "export": Subcommand("write finished runs as Every Eval Ever records (`safespace export eee RUN...`)",
                          delegate="safespace_tasks.export.cli"),
+    "judge-check": Subcommand("accuracy, refusal precision and recall of the refusal judges on human-labelled replies",
+                              delegate="safespace_tasks.judge_check"),
 }
 
 

@@ -33,7 +33,7 @@ from safespace_tasks.capture import (
 )
 from safespace_tasks.units import CLASSES, UnitLayout
 
-__all__ = ["MaskError", "UnitMask", "weights_fingerprint", "save_mask", "load_mask", "check_mask", "prune_model",
+__all__ = ["MaskError", "UnitMask", "weights_fingerprint", "fingerprints_match", "save_mask", "load_mask", "check_mask", "prune_model",
            "write_pruned_checkpoint"]
 
 FORMAT = "safespace-unit-mask/1"
@@ -43,25 +43,72 @@ class MaskError(ValueError):
     """A mask file that cannot be written, read or applied as asked."""
 
 
+FINGERPRINT_VERSION = 2
+# values hashed from the start of each sampled tensor
+_SAMPLE_VALUES = 4096
+
+
+def _sampled_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    parts = find_decoder_parts(model)
+    tensors = [("embed", model.get_input_embeddings().weight)]
+    for tag, block in (("first", parts.blocks[0]), ("last", parts.blocks[-1])):
+        tensors.extend((f"{tag}.{n}", p) for n, p in sorted(block.named_parameters()))
+    return tensors
+
+
 @torch.no_grad()
 def weights_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
-    """What identifies a model's weights independent of dtype and device: class, shapes, parameter
-    count and a hash of a sample of the embedding and the first and last block's weights."""
+    """What identifies a model's weights, independent of where they were loaded from and in which
+    dtype: the class, the layer count, the parameter count, a hash of every parameter's name and
+    shape, and a hash of the first 4096 values of the embedding and of the first and last block's
+    weights after rounding them to bfloat16 (round to nearest even, as ``Tensor.to`` does).
+
+    So the same checkpoint gives the same fingerprint from any folder or path spelling, loaded in
+    float32 or bfloat16 (a bfloat16 load is that rounding already), and a float16 checkpoint in any
+    of the three dtypes. A float32 checkpoint loaded in float16 is rounded twice (to float16, then to
+    bfloat16), which can move a value by one bfloat16 step: such a load is refused; load it in
+    float32 or bfloat16. Fine-tuning moves weights by far more than one step, so a fine-tuned
+    model's fingerprint differs from its base model's."""
     parts = find_decoder_parts(model)
-    config = _text_config(model)
+    shapes = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        shapes.update(f"{name}:{tuple(p.shape)};".encode())
     sample = hashlib.sha256()
-    tensors = [model.get_input_embeddings().weight]
-    for block in (parts.blocks[0], parts.blocks[-1]):
-        tensors.extend(p for _, p in sorted(block.named_parameters()))
-    for t in tensors:
-        sample.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    for _, t in _sampled_tensors(model):
+        canonical = t.detach().flatten()[:_SAMPLE_VALUES].to(device="cpu", dtype=torch.bfloat16).view(torch.int16)
+        sample.update(canonical.numpy().tobytes())
     return {
+        "fingerprint_version": FINGERPRINT_VERSION,
         "model_class": type(model).__name__,
-        "name_or_path": str(getattr(config, "_name_or_path", "")),
         "n_layers": parts.n_layers,
         "n_params": int(sum(p.numel() for p in model.parameters())),
+        "shapes": shapes.hexdigest()[:16],
         "weights_sample": sample.hexdigest()[:20],
     }
+
+
+@torch.no_grad()
+def _fingerprint_v1(model: torch.nn.Module) -> dict[str, Any]:
+    """The fingerprint masks written before version 2 carry, less the path (which it held, and which
+    no longer has to match): a float32 hash of the same sample, so only a load in the mask's dtype fits."""
+    parts = find_decoder_parts(model)
+    sample = hashlib.sha256()
+    for _, t in _sampled_tensors(model):
+        sample.update(t.detach().flatten()[:_SAMPLE_VALUES].float().cpu().numpy().tobytes())
+    return {"model_class": type(model).__name__, "n_layers": parts.n_layers,
+            "n_params": int(sum(p.numel() for p in model.parameters())), "weights_sample": sample.hexdigest()[:20]}
+
+
+def fingerprints_match(theirs: dict[str, Any] | None, model: torch.nn.Module) -> bool:
+    """Whether a stored fingerprint (of either version) describes ``model``'s weights (path ignored)."""
+    if not isinstance(theirs, dict):
+        return False
+    if theirs.get("fingerprint_version") == FINGERPRINT_VERSION:
+        return theirs == weights_fingerprint(model)
+    if "fingerprint_version" in theirs:
+        return False
+    old = {k: v for k, v in theirs.items() if k != "name_or_path"}
+    return old == _fingerprint_v1(model)
 
 
 class UnitMask:
@@ -133,9 +180,9 @@ def load_mask(path: str | Path) -> UnitMask:
 
 def check_mask(mask: UnitMask, model: torch.nn.Module) -> None:
     """Refuse a mask written for another model (fingerprint) or of another shape."""
-    mine = weights_fingerprint(model)
     theirs = mask.metadata.get("model_fingerprint")
-    if theirs != mine:
+    if not fingerprints_match(theirs, model):
+        mine = weights_fingerprint(model)
         raise MaskError(
             f"the mask was written for another model: mask fingerprint {theirs}, this model {mine}. Compute the "
             "unit statistics and the mask on this model (`safespace units stats`, then `safespace units mask`)."

@@ -26,23 +26,61 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["add_arguments", "main", "safety_requests", "utility_requests"]
+__all__ = ["add_arguments", "main", "safety_requests", "utility_requests", "UnitsInputError", "check_model_folder"]
+
+
+class UnitsInputError(ValueError):
+    """A command-line input of ``safespace units`` that cannot work, found before any model loads."""
+
+
+def check_model_folder(value: str, flag: str = "--model") -> None:
+    """A local model path must be a folder holding config.json (a Hub id is left to the Hub)."""
+    from safespace_tasks.local_models import check_model_path
+
+    check_model_path(value, flag)
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UnitsInputError(f"{flag} {value}: a file, not a model folder; pass the folder holding config.json "
+                                  "and the weights.")
+        if not (path / "config.json").is_file():
+            what = "is empty" if not any(path.iterdir()) else "has no config.json"
+            raise UnitsInputError(f"{flag} {value}: the folder {what}; pass a model folder (config.json and the weights, "
+                                  "as save_pretrained writes them).")
+
+
+def _load_error(value: str, err: Exception) -> UnitsInputError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UnitsInputError(f"--model {value}: could not be loaded ({first}). Pass a local model folder or a Hub id "
+                           "this machine can reach.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="units_command", required=True)
-    sp = sub.add_parser("stats", help="per-unit statistics of the safety and utility sets")
+    sub = parser.add_subparsers(dest="units_command", required=True, metavar="{stats,mask,prune,compare}",
+                                help="stats: per-unit statistics of a model; mask: unit classes from statistics; "
+                                     "prune: a checkpoint with chosen classes zeroed; compare: two runs' classes")
+    sp = sub.add_parser("stats", help="per-unit statistics of the safety and utility sets",
+                        description=("Per-unit running statistics (mean and variance of every MLP neuron's and attention "
+                                     "head's input to its output projection) over the response tokens of a safety set "
+                                     "(AdvBench requests with refusals) and a utility set (Alpaca seed tasks); writes "
+                                     "OUT/unit_stats.safetensors. The model is loaded after every input is checked."))
     sp.add_argument("--model", required=True, help="a model folder or Hub id (decoder-only)")
     sp.add_argument("--out", required=True, help="folder to write unit_stats.safetensors into")
     sp.add_argument("--n", type=int, default=128, help="samples per set (default 128, as the method)")
     sp.add_argument("--batch-size", default="8", help="an integer or 'auto'")
     sp.add_argument("--seed", type=int, default=0, help="seed of the sample drawn from each set")
-    sp.add_argument("--no-chat-template", action="store_true", help="score raw 'request\\n' + response text")
+    sp.add_argument("--no-chat-template", action="store_true",
+                    help="no chat template: the context is 'request\\n' (the newline is context, never scored) "
+                         "and the response follows")
     sp.add_argument("--data-dir", default=None, help="the data mirror (default: $SAFESPACE_DATA_DIR)")
     sp.add_argument("--max-length", type=int, default=None, help="truncate longer texts from the left")
-    sp.add_argument("--dtype", default="float32")
+    sp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "auto"),
+                    help="dtype the model is loaded in: float32 (default), bfloat16 or float16; the statistics are "
+                         "accumulated in float64 either way")
 
-    mp = sub.add_parser("mask", help="classify units from a statistics file and write the mask")
+    mp = sub.add_parser("mask", help="classify units from a statistics file and write the mask",
+                        description=('Classify units into RU / SCU / UCU / CU from a statistics file (or a finished safespace_units '
+                                     'run) and write a mask file with a JSON summary beside it.'))
     src = mp.add_mutually_exclusive_group(required=True)
     src.add_argument("--stats", help="unit_stats.safetensors written by `units stats`")
     src.add_argument("--from-run", dest="from_run", metavar="DIR",
@@ -56,9 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mp.add_argument("--scu", type=float, default=0.01, help="safety-critical share (default 0.01)")
     mp.add_argument("--ucu", type=float, default=0.10, help="utility-critical share (default 0.10)")
 
-    pp = sub.add_parser("prune", help="write a checkpoint with the chosen classes zeroed")
+    pp = sub.add_parser("prune", help="write a checkpoint with the chosen classes zeroed",
+                        description=('Load the model, check that the mask was written for its weights (a fingerprint that ignores the '
+                                     'folder and the load dtype), zero the chosen classes, and save an ordinary model folder.'))
     pp.add_argument("--model", required=True, help="the model folder the mask was computed on")
-    pp.add_argument("--mask", required=True)
+    pp.add_argument("--mask", required=True,
+                    help="mask file written by `safespace units mask` for this model's weights (.safetensors)")
     pp.add_argument("--out", required=True, help="folder of the pruned model")
     pp.add_argument("--classes", default="SCU", help="comma-separated classes to prune (default SCU)")
     pp.add_argument("--compensate", action="store_true",
@@ -66,13 +107,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pp.add_argument("--stats", default=None, help="statistics file whose pooled means feed --compensate")
 
 
-    cp = sub.add_parser("compare", help="how the unit classes move between two models of one architecture")
+    cp = sub.add_parser("compare", help="how the unit classes move between two models of one architecture",
+                        description=('Compare the unit classes of two safespace_units runs of one architecture: SCU Jaccard per set, '
+                                     'its random-set expectation, and the class transition matrix.'))
     cp.add_argument("--from-run", dest="from_run", required=True, metavar="DIR", help="safespace_units run of the first model")
     cp.add_argument("--to-run", dest="to_run", required=True, metavar="DIR", help="safespace_units run of the second model")
     cp.add_argument("--out", default=None, help="write the comparison here as JSON (default: stdout only)")
-    cp.add_argument("--ru", type=float, default=0.10)
-    cp.add_argument("--scu", type=float, default=0.01)
-    cp.add_argument("--ucu", type=float, default=0.10)
+    cp.add_argument("--ru", type=float, default=0.10, help="redundant share of unit parameters (default 0.10)")
+    cp.add_argument("--scu", type=float, default=0.01, help="safety-critical share (default 0.01)")
+    cp.add_argument("--ucu", type=float, default=0.10, help="utility-critical share (default 0.10)")
 
 
 def _chat(tok, request: str, use_template: bool) -> str:
@@ -85,7 +128,7 @@ def _sample(rows: list, n: int, seed: int) -> list:
     import numpy as np
 
     if n > len(rows):
-        raise SystemExit(f"safespace units: asked for {n} samples of a set of {len(rows)}; lower --n.")
+        raise UnitsInputError(f"--n {n}: a set holds only {len(rows)} rows; lower --n to at most {len(rows)}.")
     order = np.random.default_rng(seed).permutation(len(rows))[:n]
     return [rows[i] for i in sorted(order)]
 
@@ -94,8 +137,7 @@ def safety_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None
     """(context, response) pairs of the safety set: AdvBench requests with refusals."""
     from safespace_tasks.data import safety_refusal_rows
 
-    return [(_chat(tok, r["prompt"], chat), " " + r["response"].strip() if not chat else r["response"].strip())
-            for r in _sample(safety_refusal_rows(data_dir), n, seed)]
+    return [(_chat(tok, r["prompt"], chat), r["response"].strip()) for r in _sample(safety_refusal_rows(data_dir), n, seed)]
 
 
 def utility_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None) -> list[tuple[str, str]]:
@@ -105,7 +147,7 @@ def utility_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=Non
     out = []
     for r in _sample(alpaca_seed_rows(data_dir), n, seed):
         request = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
-        out.append((_chat(tok, request, chat), " " + r["output"].strip() if not chat else r["output"].strip()))
+        out.append((_chat(tok, request, chat), r["output"].strip()))
     return out
 
 
@@ -114,6 +156,27 @@ def _instances(pairs, tag: str):
 
     return [Instance(request_type="unit_statistics", doc={}, arguments=(c, r, {}), idx=0, metadata=(tag, i, 1))
             for i, (c, r) in enumerate(pairs)]
+
+
+def check_stats_inputs(args) -> None:
+    """Everything ``units stats`` can check without the model: the model folder, the sample size
+    against both sets in the mirror, the batch size, the maximum length, the dtype."""
+    from safespace_tasks.data import alpaca_seed_rows, safety_refusal_rows
+
+    check_model_folder(args.model)
+    if args.n < 2:
+        raise UnitsInputError(f"--n {args.n}: need at least 2 samples per set (the split halves take one each).")
+    for name, rows in (("safety set (safety_refusals)", safety_refusal_rows(args.data_dir)),
+                       ("utility set (Alpaca seed tasks)", alpaca_seed_rows(args.data_dir))):
+        if args.n > len(rows):
+            raise UnitsInputError(f"--n {args.n}: the {name} holds {len(rows)} rows; lower --n to at most {len(rows)}.")
+    bs = str(args.batch_size)
+    if not (bs == "auto" or bs.startswith("auto:") or (bs.isdigit() and int(bs) > 0)):
+        raise UnitsInputError(f"--batch-size {bs}: give a positive integer or 'auto'.")
+    if args.max_length is not None and args.max_length < 2:
+        raise UnitsInputError(f"--max-length {args.max_length}: give at least 2 tokens (or leave it out).")
+    if args.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise UnitsInputError(f"--dtype {args.dtype}: choose float32, bfloat16, float16 or auto.")
 
 
 def stats_main(args) -> int:
@@ -126,10 +189,14 @@ def stats_main(args) -> int:
     from safespace_tasks.units import merge_all
 
     t0 = time.perf_counter()
+    check_stats_inputs(args)  # before the model loads
     kwargs: dict[str, Any] = {"pretrained": args.model, "device": "cpu", "dtype": args.dtype, "batch_size": args.batch_size}
     if args.max_length:
         kwargs["max_length"] = args.max_length
-    lm = HFLM(**kwargs)
+    try:
+        lm = HFLM(**kwargs)
+    except (OSError, ValueError) as err:
+        raise _load_error(args.model, err) from err
     chat = not args.no_chat_template
     sets = {"safety": safety_requests(lm.tokenizer, args.n, args.seed, chat, args.data_dir),
             "utility": utility_requests(lm.tokenizer, args.n, args.seed, chat, args.data_dir)}
@@ -202,13 +269,14 @@ def mask_main(args) -> int:
 
 
 def prune_main(args) -> int:
-    from safespace_tasks.unit_masks import load_unit_stats, write_pruned_checkpoint
+    from safespace_tasks.unit_masks import load_mask, load_unit_stats, write_pruned_checkpoint
     from safespace_tasks.units import CLASSES
 
     classes = tuple(c.strip().upper() for c in args.classes.split(",") if c.strip())
     bad = [c for c in classes if c not in CLASSES]
     if bad or not classes:
         raise SystemExit(f"safespace units prune: unknown classes {bad or args.classes!r}; choose from {', '.join(CLASSES)}.")
+    check_model_folder(args.model)
     means = None
     if args.compensate:
         if not args.stats:
@@ -216,7 +284,11 @@ def prune_main(args) -> int:
         sets, _, _ = load_unit_stats(args.stats)
         pooled = sets["safety"].merge(sets["utility"])
         means = {site: pooled.sites[site].mean for site in ("mlp", "attn")}
-    info = write_pruned_checkpoint(args.model, args.mask, args.out, classes, means)
+    load_mask(args.mask)  # a missing or unreadable mask ends here, before the model loads
+    try:
+        info = write_pruned_checkpoint(args.model, args.mask, args.out, classes, means)
+    except OSError as err:
+        raise _load_error(args.model, err) from err
     print(json.dumps({"out": str(args.out), "pruned": info["pruned"], "compensated": info["compensated"]}, indent=2))
     return 0
 
@@ -283,12 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from safespace_tasks.capture import CaptureError
     from safespace_tasks.data import DataError
+    from safespace_tasks.local_models import ModelPathError
     from safespace_tasks.unit_masks import MaskError
     from safespace_tasks.units import UnitsError
 
     try:
         return {"stats": stats_main, "mask": mask_main, "prune": prune_main, "compare": compare_main}[args.units_command](args)
-    except (MaskError, UnitsError, CaptureError, DataError) as err:
+    except (MaskError, UnitsError, CaptureError, DataError, UnitsInputError, ModelPathError) as err:
         print(f"safespace units {args.units_command}: {err}", file=sys.stderr)
         return 2
 

@@ -310,7 +310,9 @@ def _unit_tokens(lm: HFLM, req, context: str, continuation: str, opts: dict[str,
     """(token ids, first scored position, truncated) of one request.
 
     ``response``: context and continuation are encoded as lm-eval encodes a loglikelihood pair
-    and only the continuation's tokens are scored; ``prompt``: the context alone, every token
+    and only the continuation's tokens are scored, except that whitespace ending the context (the
+    newline of ``request + "\\n"``, or of a chat template's assistant header) stays in the context
+    and is not scored (lm-eval would move it into the continuation); ``prompt``: the context alone, every token
     scored except a leading BOS (an attention sink whose activations are outliers, not content).
     Too long: tokens are cut from the left, so the scored end survives. ``chat_template``: the
     context is formatted first (:func:`_as_request`); in ``prompt`` mode only the request's own
@@ -333,7 +335,16 @@ def _unit_tokens(lm: HFLM, req, context: str, continuation: str, opts: dict[str,
                 f"{req.task_name} doc {req.doc_id}: the request has no response tokens to score (empty "
                 "continuation); give each doc a response, or request tokens='prompt'."
             )
-        ctx, cont = lm._encode_pair(context, continuation)
+        if context != context.rstrip() and context.strip():
+            # lm-eval's pair encoding moves the context's trailing whitespace (the newline after
+            # 'request' without a template, or after a template's assistant header) into the
+            # continuation, where it would be scored as a response token: keep it in the context
+            whole = list(lm.tok_encode(context + continuation))
+            ctx = list(lm.tok_encode(context))
+            cut = len(ctx) if whole[: len(ctx)] == ctx else len(ctx) - 1  # a token merged across the seam is scored
+            ctx, cont = whole[:cut], whole[cut:]
+        else:
+            ctx, cont = lm._encode_pair(context, continuation)
         if not cont:
             raise ValueError(f"{req.task_name} doc {req.doc_id}: the response {continuation!r} encodes to no tokens.")
         toks, start = list(ctx) + list(cont), len(ctx)

@@ -343,11 +343,10 @@ class SafetyUnitsTask(CorpusTask):
                 expected_random_jaccard(layout.n_units, len(scu_safety), len(scu_sets[lang])) if ok else float("nan"))
         overlap = overlap_matrix(scu_sets, layout.n_units) if scu_sets else {"languages": [], "jaccard": [], "expected_random": []}
         index = {l: i for i, l in enumerate(overlap["languages"])}
-        for i, a in enumerate(langs):
-            for b in langs[i + 1:]:
-                ok = a in index and b in index
-                values[f"jaccard_{a}_{b}"] = overlap["jaccard"][index[a]][index[b]] if ok else float("nan")
-                values[f"jaccard_random_{a}_{b}"] = overlap["expected_random"][index[a]][index[b]] if ok else float("nan")
+        for a, b in mt.units_language_pairs(langs):  # named in MultiJail's order, as the metric table does
+            ok = a in index and b in index
+            values[f"jaccard_{a}_{b}"] = overlap["jaccard"][index[a]][index[b]] if ok else float("nan")
+            values[f"jaccard_random_{a}_{b}"] = overlap["expected_random"][index[a]][index[b]] if ok else float("nan")
         if "en" in langs:
             split["en"] = split_half("en")
             values["split_half_en"] = split["en"]["jaccard"]
