@@ -90,6 +90,9 @@ _UNIT_BOUNDS: dict[str, tuple[float, float]] = {
 }
 _NAME_BOUNDS: dict[str, tuple[float, float]] = {
     "bhattacharyya": (0.0, INF),
+    # its two terms: a Mahalanobis distance, and half the log of det(mean) over the geometric mean of the dets
+    # (log det is concave, so that ratio is >= 1)
+    "bhattacharyya_mean_term": (0.0, INF), "bhattacharyya_cov_term": (0.0, INF),
     "refusal_margin": (-INF, INF),  # log P(refusal opening) - log P(compliance opening)
     "transfer_ratio": (0.0, INF),  # transfer AUROC / own AUROC
     "transfer_ratio_above_chance": (-INF, INF),
