@@ -40,6 +40,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
+from safespace_tasks.cv_interval import METHOD as CV_METHOD
+from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
 from safespace_tasks.resampling import (
     bootstrap_weights,
     permutation_summary,
@@ -1047,7 +1049,26 @@ def _spreads(m: "_Measured", ci_level: float) -> tuple[dict[str, float], dict[st
             "method": sp.method, "n_replicates": sp.n_replicates, "n_degenerate": sp.n_degenerate,
             "clipped": sp.clipped, "reason": sp.reason, **extra,
         }
+        if name == "probe_auroc" and m.probe is not None and np.isfinite(sp.stderr):
+            per_fold = fold_aurocs(m.probe.oof_scores, m.y, m.probe.folds)
+            stderr[name], ci[name], more = _probe_cv_spread(m.values[name], sp.stderr**2, per_fold, ci_level, lo, hi)
+            spread[name].update(more)
     return stderr, ci, spread
+
+
+def _probe_cv_spread(
+    point: float, var_boot: float, per_fold: np.ndarray, ci_level: float, lower: float, upper: float
+) -> tuple[float, tuple[float, float], dict[str, Any]]:
+    """The probe's standard error and interval with the training variance counted
+    (:func:`safespace_tasks.cv_interval.cv_auroc_interval`), and what ``spread`` records of it."""
+    cv = cv_auroc_interval(point, var_boot, per_fold, ci_level, lower=lower, upper=upper)
+    more = {
+        "method": CV_METHOD, "clipped": cv.clipped, "df": cv.df, "var_bootstrap": cv.var_bootstrap,
+        "var_cv_folds": cv.var_cv, "per_fold": [float(v) for v in per_fold],
+    }
+    if cv.reason:
+        more["reason"] = cv.reason
+    return cv.stderr, cv.ci, more
 
 
 def _refit_scale(fixed: np.ndarray, refit: np.ndarray | None) -> tuple[float, dict[str, Any]]:
@@ -1076,6 +1097,7 @@ class _Measured:
     silhouette_sample: int | None
     probe: ProbeResult | None
     refits: np.ndarray | None = None
+    y: np.ndarray | None = None
     null: dict[str, np.ndarray] = field(default_factory=dict)
     degenerate: dict[str, str] = field(default_factory=dict)
     distinct: tuple[int, tuple[int, int]] = (0, (0, 0))
@@ -1199,7 +1221,7 @@ def _measure(
                 null["probe_auroc"] = probe_null_replicates(X, y, probe_res, Y[:, : min(probe_permutations, n_permutations)])
     return _Measured(
         values=values, replicates=reps, projection=Z, explained_variance=evr, bhattacharyya=bhat,
-        silhouette_sample=None if sil_idx is None else int(sil_idx.size), probe=probe_res, refits=refits,
+        silhouette_sample=None if sil_idx is None else int(sil_idx.size), probe=probe_res, refits=refits, y=y,
         null=null, degenerate=degenerate, distinct=distinct, pca_method=pca_method,
     )
 
@@ -1448,6 +1470,13 @@ def paired_bootstrap_difference(
         stderr[name], ci[name] = sp.stderr, sp.ci
         spread[name] = {"method": sp.method, "n_replicates": sp.n_replicates, "n_degenerate": sp.n_degenerate,
                         "clipped": sp.clipped, "reason": sp.reason, **extra}
+        if name == "probe_auroc" and a.probe is not None and b.probe is not None and np.isfinite(sp.stderr):
+            # the same seed, labels and groups give both models the same folds: per-fold differences
+            per_fold = (fold_aurocs(b.probe.oof_scores, y, b.probe.folds)
+                        - fold_aurocs(a.probe.oof_scores, y, a.probe.folds))
+            stderr[name], ci[name], more = _probe_cv_spread(
+                difference[name], sp.stderr**2, per_fold, ci_level, lo - hi, hi - lo)
+            spread[name].update(more)
     return PairedDifference(
         values_a=values_a, values_b=values_b, difference=difference, stderr=stderr,
         stderr_a=stderr_a, stderr_b=stderr_b, ci=ci, ci_level=ci_level, n_boot=int(n_boot), spread=spread,
