@@ -1419,6 +1419,7 @@ def paired_bootstrap_difference(
     probe_folds: int = 5,
     silhouette_max_n: int | None = SILHOUETTE_MAX_N,
     probe_refits: int = PROBE_REFITS,
+    pca_refit: bool = True,
 ) -> PairedDifference:
     """Separation metrics of two models on the same texts and a paired bootstrap of their difference.
 
@@ -1429,8 +1430,14 @@ def paired_bootstrap_difference(
     accounts for the texts the two share. With the settings and ``seed`` of a run the point values
     and each model's standard error equal what :func:`separation_metrics` reported for it
     (the resamples come from ``seed + 1``, as there; the probe's refits are the same replicates).
-    The interval of the difference is the basic bootstrap interval; the probe's is widened by
-    sd(refitted differences) / sd(fixed-score differences) on the refitted replicates.
+    With ``pca_refit`` (default) each model's PCA-k basis is refitted inside every replicate
+    (:mod:`safespace_tasks.pca_refit`), so the replicates of the variance ratio, Bhattacharyya
+    distance and silhouette carry the basis's own sampling variation and bias (a fixed basis
+    under-covers on spectra without an eigengap); the point values are unchanged.
+    The interval of the difference of those three is the basic bootstrap interval; the probe's
+    is the cross-validation-corrected t interval of :mod:`safespace_tasks.cv_interval` on the
+    per-fold AUROC differences (its bootstrap part widened by the refit scale with
+    ``probe_refits`` > 1).
     """
     X_a, y = validate_states(X_a, y, min_per_class=2, what="states of model A", keep_float32=True)
     X_b, _ = validate_states(X_b, y, min_per_class=2, what="states of model B", keep_float32=True)
@@ -1445,10 +1452,16 @@ def paired_bootstrap_difference(
     )
     a = _measure(X_a, y, **kwargs)
     b = _measure(X_b, y, **kwargs)
-    values_a, values_b = a.values, b.values
-    difference, stderr, stderr_a, stderr_b, ci, spread = {}, {}, {}, {}, {}, {}
+    # each model's own standard error is the one its run reported (fixed basis)
     sa, _, _ = _spreads(a, ci_level)
     sb, _, _ = _spreads(b, ci_level)
+    refitted: set[str] = set()
+    if pca_refit:
+        done = [_refit_pca_replicates(X, y, m, k=k, n_boot=int(n_boot), seed=seed, groups=groups,
+                                      silhouette_max_n=silhouette_max_n) for X, m in ((X_a, a), (X_b, b))]
+        refitted = done[0] & done[1]
+    values_a, values_b = a.values, b.values
+    difference, stderr, stderr_a, stderr_b, ci, spread = {}, {}, {}, {}, {}, {}
     for name in values_a:
         difference[name] = values_b[name] - values_a[name]
         stderr_a[name] = sa.get(name, float("nan"))
@@ -1470,6 +1483,12 @@ def paired_bootstrap_difference(
         stderr[name], ci[name] = sp.stderr, sp.ci
         spread[name] = {"method": sp.method, "n_replicates": sp.n_replicates, "n_degenerate": sp.n_degenerate,
                         "clipped": sp.clipped, "reason": sp.reason, **extra}
+        if name in ("bcv_ratio", "bhattacharyya", "silhouette"):
+            spread[name]["pca_refit"] = name in refitted
+            if pca_refit and name not in refitted and name == "silhouette":
+                spread[name]["pca_refit_skipped"] = (
+                    f"more than {SILHOUETTE_REFIT_MAX_N} texts: the silhouette's replicates keep the fixed basis "
+                    "(a refitted basis costs an O(n^2) pass per replicate)")
         if name == "probe_auroc" and a.probe is not None and b.probe is not None and np.isfinite(sp.stderr):
             # the same seed, labels and groups give both models the same folds: per-fold differences
             per_fold = (fold_aurocs(b.probe.oof_scores, y, b.probe.folds)
@@ -1481,6 +1500,39 @@ def paired_bootstrap_difference(
         values_a=values_a, values_b=values_b, difference=difference, stderr=stderr,
         stderr_a=stderr_a, stderr_b=stderr_b, ci=ci, ci_level=ci_level, n_boot=int(n_boot), spread=spread,
     )
+
+
+def _refit_pca_replicates(
+    X: np.ndarray, y: np.ndarray, m: _Measured, *, k: int, n_boot: int, seed: int, groups: np.ndarray | None,
+    silhouette_max_n: int | None,
+) -> set[str]:
+    """Replace ``m``'s fixed-basis replicates of the PCA metrics by replicates on the same
+    resamples (``seed + 1``; the silhouette's subsample ``seed + 3`` and resamples ``seed + 2``,
+    as :func:`_measure` draws them) with the basis refitted in each."""
+    from safespace_tasks.pca_refit import pca_refit_replicates
+
+    names = [nm for nm in ("bcv_ratio", "bhattacharyya", "silhouette") if nm in m.replicates]
+    n_sil = X.shape[0] if silhouette_max_n is None else min(X.shape[0], int(silhouette_max_n))
+    if n_sil > SILHOUETTE_REFIT_MAX_N:
+        names = [nm for nm in names if nm != "silhouette"]
+    if not names:
+        return set()
+    W = stratified_bootstrap_weights(y, n_boot, seed + 1, groups=groups)
+    rows = Ws = None
+    if "silhouette" in names and silhouette_max_n is not None and X.shape[0] > silhouette_max_n:
+        rows = stratified_subsample(y, int(silhouette_max_n), seed + 3, groups=groups)
+        Ws = stratified_bootstrap_weights(y[rows], n_boot, seed + 2, groups=None if groups is None else groups[rows])
+    ridge = m.bhattacharyya.ridge if m.bhattacharyya is not None else 0.0
+    m.replicates.update(pca_refit_replicates(
+        X, y, W, k, ridge=ridge, metrics=tuple(names), silhouette_rows=rows, W_silhouette=Ws,
+    ))
+    return set(names)
+
+
+# Above this many texts (after the silhouette's own subsample) the paired bootstrap keeps the
+# fixed basis for the silhouette's replicates: a refitted basis costs an O(n^2 k) distance pass
+# per replicate (about 0.05 s at 2,000 texts, 0.3 s at 5,000), and is recorded in ``spread``.
+SILHOUETTE_REFIT_MAX_N = 3000
 
 
 def paired_shift_difference(
