@@ -1473,7 +1473,8 @@ def paired_bootstrap_difference(
         ra, rb = a.replicates[name], b.replicates[name]
         bound = BHATTACHARYYA_MAX if name == "bhattacharyya" else np.inf
         bad = ~(np.isfinite(ra) & np.isfinite(rb) & (np.abs(ra) <= bound) & (np.abs(rb) <= bound))
-        diff = np.where(bad, np.nan, rb - ra)
+        with np.errstate(invalid="ignore"):  # inf - inf of degenerate pairs, masked here
+            diff = np.where(bad, np.nan, rb - ra)
         scale, extra = 1.0, {}
         if name == "probe_auroc" and a.refits is not None and b.refits is not None:
             r = a.refits.size
