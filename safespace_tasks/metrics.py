@@ -947,13 +947,16 @@ def separation_metrics(
     - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.resampling`), clipped to
       each metric's range. Degenerate replicates (NaN, inf, singular, beyond a sane bound) are
       counted in ``spread``; above 25 % of them the spread is NaN with the reason.
-    - The probe's standard error can include refitting: ``probe_refits`` of the bootstrap
-      replicates refit the probe (warm-started, same folds); the spread of the fixed-score
-      replicates is then scaled by sd(refitted) / sd(fixed) on those replicates. The default
-      (:data:`PROBE_REFITS` = 0) keeps the fixed-score spread: in the calibration study
-      (docs/statistics.md) it gave stderr / true sd of 0.82 - 1.20, the refit-scaled one 1.06 -
-      1.48 (a resample repeats texts, so a refit on it varies more than a fit on fresh texts), at
-      five refits the cost of the whole stage more than doubles.
+    - The probe's standard error counts the training variance without a refit: the variance of
+      the fixed-score bootstrap is averaged with the Nadeau-Bengio corrected variance of the
+      per-fold AUROCs, and the interval is a t interval with Satterthwaite degrees of freedom
+      (:mod:`safespace_tasks.cv_interval`; ``spread["probe_auroc"]`` holds both parts, the
+      per-fold AUROCs and the df). The fixed-score bootstrap alone gave stderr / true sd of
+      0.69 - 0.89 on the d = 64 spectra of docs/statistics.md. ``probe_refits`` (default
+      :data:`PROBE_REFITS` = 0) of the bootstrap replicates can also refit the probe
+      (warm-started, same folds): the bootstrap part is then scaled by sd(refitted) / sd(fixed)
+      on those replicates (a refit on a resample, which repeats texts, varies more than a fit
+      on fresh texts, and five refits more than double the stage's cost).
     - The probe's null needs a refit per permutation: ``probe_permutations`` (default 0: its
       null and p-value are NaN, and ``n_permutations["probe_auroc"]`` is 0).
     - Degenerate data: texts that collapse to too few distinct states for a metric make that
