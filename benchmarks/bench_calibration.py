@@ -311,6 +311,56 @@ def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed
     return out
 
 
+def run_probe_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed: int) -> dict[str, Any]:
+    """The probe AUROC alone (no PCA metric, so it is cheap): per data set the cross-validated
+    AUROC, the old standard error and interval (fixed-score bootstrap, basic interval) and the new
+    one (:func:`safespace_tasks.cv_interval.cv_auroc_interval`) from the same fit and replicates."""
+    from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
+    from safespace_tasks.metrics import probe_auroc, stratified_bootstrap_weights
+    from safespace_tasks.resampling import summarise, weighted_auroc
+
+    p = planted_for(spectrum, 3.0)
+    out: dict[str, Any] = {"spectrum": spectrum, "sizes": {}}
+    for n_pc in sizes:
+        truth = truth_probe(p, n_pc, reps=100)
+        rng = np.random.default_rng(seed + n_pc)
+        v, se_old, se_new, cov_old, cov_new, t_fit, t_new = [], [], [], [], [], [], []
+        for r in range(reps):
+            X, y = sample(p, n_pc, rng)
+            t0 = time.perf_counter()
+            fit = probe_auroc(X, y, seed=seed + r)
+            reps_fixed = weighted_auroc(fit.oof_scores, y, stratified_bootstrap_weights(y, n_boot, seed + r + 1))
+            old = summarise(reps_fixed, fit.auroc, 0.95, method="basic", lower=0.0, upper=1.0)
+            t1 = time.perf_counter()
+            new = cv_auroc_interval(fit.auroc, old.stderr**2, fold_aurocs(fit.oof_scores, y, fit.folds), 0.95)
+            t_fit.append(t1 - t0)
+            t_new.append(time.perf_counter() - t1)
+            v.append(fit.auroc)
+            se_old.append(old.stderr)
+            se_new.append(new.stderr)
+            cov_old.append(old.ci[0] <= truth <= old.ci[1])
+            cov_new.append(new.ci[0] <= truth <= new.ci[1])
+        sd = float(np.std(v, ddof=1))
+        out["sizes"][str(n_pc)] = {
+            "reps": reps, "truth": truth, "true_sd": sd, "bias": float(np.mean(v) - truth),
+            "coverage_old": float(np.mean(cov_old)), "coverage_new": float(np.mean(cov_new)),
+            "stderr_ratio_old": float(np.mean(se_old) / sd), "stderr_ratio_new": float(np.mean(se_new) / sd),
+            "seconds_probe_and_bootstrap": float(np.sum(t_fit)), "seconds_added_by_new_interval": float(np.sum(t_new)),
+        }
+        print(f"  probe {spectrum} {n_pc}/class done", file=sys.stderr, flush=True)
+    return out
+
+
+def probe_table(res: dict[str, Any]) -> str:
+    lines = ["| spectrum | texts/class | truth | datasets | coverage old → new | stderr / true sd old → new | bias |",
+             "|---|---|---|---|---|---|---|"]
+    for n_pc, r in res["sizes"].items():
+        lines.append(f"| {res['spectrum']} | {n_pc} | {r['truth']:.4f} | {r['reps']} | {r['coverage_old']:.3f} → "
+                     f"**{r['coverage_new']:.3f}** | {r['stderr_ratio_old']:.2f} → {r['stderr_ratio_new']:.2f} | "
+                     f"{r['bias']:+.4f} |")
+    return "\n".join(lines)
+
+
 def gain_table(res: dict[str, Any]) -> str:
     lines = ["| spectrum | texts/class | metric | truth | coverage old → new | stderr / true sd old → new | bias / sd | independent SE / true sd |",
              "|---|---|---|---|---|---|---|---|"]
@@ -345,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="d10: the d = k = 10 study; eigengap / powerlaw: the d = 64 spectra of planted_spectrum")
     ap.add_argument("--gain", action="store_true",
                     help="study the report's paired gain (base vs a shifted aligned model) instead of one model")
+    ap.add_argument("--probe-only", action="store_true",
+                    help="the probe AUROC's old (fixed-score bootstrap) and new (CV-corrected) intervals only")
     ap.add_argument("--compare-old", default=None, help="path of a checkout with the old package (runs it too)")
     ap.add_argument("--metrics", default=",".join(METRICS), help="metrics to study (without probe_auroc: no probe fit)")
     ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
@@ -353,6 +405,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     metrics = tuple(m for m in a.metrics.split(",") if m)
     command = "python benchmarks/bench_calibration.py " + " ".join(argv or sys.argv[1:])
+    if a.probe_only:
+        res = run_probe_study(a.spectrum, sizes, a.reps, a.n_boot, a.seed)
+        record = {"benchmark": "calibration_probe", "command": command, "results": res}
+        print(probe_table(res))
+        if a.out:
+            Path(a.out).write_text(json.dumps(record, indent=2))
+            print(f"wrote {a.out}")
+        return record
     if a.gain:
         if a.spectrum == "d10":
             ap.error("--gain needs --spectrum eigengap or powerlaw")

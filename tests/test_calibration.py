@@ -111,3 +111,17 @@ def test_probe_interval_covers_on_the_power_law_spectrum_where_fixed_scores_fell
     assert np.mean(hits) >= 0.83, f"coverage {np.mean(hits):.2f}"
     ratio = np.mean(ses) / np.std(vals, ddof=1)
     assert 0.75 < ratio < 1.45, f"stderr ratio {ratio:.2f}"
+
+
+def test_pca_refit_replicates_with_unit_weights_are_the_plug_in_values():
+    """A replicate that draws every text once is the sample itself: refitting its basis must give
+    back the point estimates exactly (the replicate is computed as the estimate is)."""
+    from safespace_tasks.pca_refit import pca_refit_replicates
+
+    p = BC.planted_spectrum("powerlaw")
+    X, y = BC.sample(p, 100, np.random.default_rng(4))
+    res = M.separation_metrics(X, y, k=BC.K, n_boot=0, n_permutations=0, probe=False)
+    reps = pca_refit_replicates(X, y, np.ones((X.shape[0], 2)), BC.K, ridge=res.diagnostics["bhattacharyya_ridge"],
+                                metrics=("bcv_ratio", "bhattacharyya", "silhouette"))
+    for name, r in reps.items():
+        np.testing.assert_allclose(r, res.values[name], rtol=1e-9, err_msg=name)
