@@ -75,9 +75,9 @@ def pca_refit_replicates(
     out = {m: np.full(B, np.nan) for m in metrics}
     W0, W1 = _class_weights(y, W)
     sil = "silhouette" in metrics
-    Ys, ys, Ws = Y, y, W
+    ys, Ws = y, W
     if sil and silhouette_rows is not None:
-        Ys, ys = Y[silhouette_rows], y[silhouette_rows]
+        ys = y[silhouette_rows]
         Ws = W_silhouette if W_silhouette is not None else W[silhouette_rows]
     for b in range(B):
         Z = _replicate_basis(Y, W[:, b], k)
@@ -87,7 +87,9 @@ def pca_refit_replicates(
             with np.errstate(all="ignore"):
                 out["bhattacharyya"][b] = _class_weighted_bhattacharyya(Z, W0[:, [b]], W1[:, [b]], ridge)[0]
         if sil:
-            Zs = Z if Ys is Y else _replicate_basis(Ys, Ws[:, b], k)
+            # the replicate's basis comes from the resample of all texts, as the point estimate's
+            # comes from all texts; the silhouette's subsample (when there is one) is then read off it
+            Zs = Z if silhouette_rows is None else Z[silhouette_rows]
             drawn = Ws[:, b] > 0  # texts not drawn neither score nor count as neighbours
             out["silhouette"][b] = _weighted_silhouette(Zs[drawn], ys[drawn], Ws[drawn][:, [b]])[0]
     return out
