@@ -125,3 +125,24 @@ def test_pca_refit_replicates_with_unit_weights_are_the_plug_in_values():
                                 metrics=("bcv_ratio", "bhattacharyya", "silhouette"))
     for name, r in reps.items():
         np.testing.assert_allclose(r, res.values[name], rtol=1e-9, err_msg=name)
+
+
+def test_paired_probe_gain_interval_uses_the_per_fold_differences_of_both_models():
+    """The probe gain's variance: the paired fixed-score bootstrap averaged with the Nadeau-Bengio
+    variance of the per-fold AUROC differences (both models share the folds), recomputed here."""
+    from sklearn.metrics import roc_auc_score
+
+    p = BC.planted_spectrum("eigengap")
+    Xa, y = BC.sample(p, 80, np.random.default_rng(6))
+    Xb = Xa + y[:, None] * p["align"]
+    d = M.paired_bootstrap_difference(Xa, Xb, y, k=BC.K, n_boot=40, seed=3)
+    fa, fb = M.probe_auroc(Xa, y, seed=3), M.probe_auroc(Xb, y, seed=3)
+    assert [list(t) for _, t in fa.folds] == [list(t) for _, t in fb.folds]
+    per_fold = [roc_auc_score(y[t], fb.oof_scores[t]) - roc_auc_score(y[t], fa.oof_scores[t]) for _, t in fa.folds]
+    sp = d.spread["probe_auroc"]
+    np.testing.assert_allclose(sp["per_fold"], per_fold)
+    v_cv = (1 / 5 + 1 / 4) * np.var(per_fold, ddof=1)
+    assert d.stderr["probe_auroc"] == pytest.approx(np.sqrt((sp["var_bootstrap"] + v_cv) / 2))
+    assert d.difference["probe_auroc"] == pytest.approx(fb.auroc - fa.auroc)
+    lo, hi = d.ci["probe_auroc"]
+    assert lo < d.difference["probe_auroc"] < hi and sp["method"] == M.CV_METHOD
