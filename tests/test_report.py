@@ -24,7 +24,7 @@ import pytest
 from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift, paired_shift_difference, separation_metrics
 from safespace_tasks.report import ReportInputError, build_report
 from safespace_tasks.report.plots import figure_pixels
-from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, fmt
+from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, SHARED_MEAN_ROW, fmt
 from safespace_tasks.states import load_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -447,6 +447,13 @@ def test_non_numeric_and_missing_values_are_named_with_the_languages_each_mean_c
     assert "mean of base:" not in md  # a mean over every language needs no such note
     rows = _csv(rep.tables["toxicity_bcv_ratio"])
     assert rows["de"]["aligned"] == "" and rows["de"]["gain aligned − base"] == ""
+    # a row's gain belongs to the cells beside it: the mean row (base over 3 languages, aligned over
+    # 2) shows none; the shared row shows both models and the gain over en and am
+    assert rows[MEAN_ROW]["gain aligned − base"] == ""
+    shared = rows[SHARED_MEAN_ROW]
+    gains = [float(rows[lang]["gain aligned − base"]) for lang in ("en", "am")]
+    assert float(shared["gain aligned − base"]) == pytest.approx(sum(gains) / 2, rel=1e-12)
+    assert float(shared["gain aligned − base"]) == pytest.approx(float(shared["aligned"]) - float(shared["base"]), rel=1e-9)
     assert rep.comparison.run("aligned").task_for("toxicity", "de").unreadable == {"bcv_ratio": "oops"}
 
 
