@@ -1066,7 +1066,9 @@ def _probe_cv_spread(
     (:func:`safespace_tasks.cv_interval.cv_auroc_interval`), and what ``spread`` records of it."""
     cv = cv_auroc_interval(point, var_boot, per_fold, ci_level, lower=lower, upper=upper)
     more = {
-        "method": CV_METHOD, "clipped": cv.clipped, "df": cv.df, "var_bootstrap": cv.var_bootstrap,
+        # df is infinite when the folds agree exactly (e.g. every fold at AUROC 1): None keeps the JSON strict
+        "method": CV_METHOD, "clipped": cv.clipped, "df": cv.df if np.isfinite(cv.df) else None,
+        "var_bootstrap": cv.var_bootstrap,
         "var_cv_folds": cv.var_cv, "per_fold": [float(v) for v in per_fold],
     }
     if cv.reason:
