@@ -52,7 +52,60 @@ def planted(delta_scale: float = 1.0) -> dict[str, np.ndarray]:
     return {"mu0": mu0, "mu1": mu1, "cov0": cov0, "cov1": cov1}
 
 
+SPECTRA = ("d10", "eigengap", "powerlaw")
+
+
+def planted_spectrum(kind: str, d: int = 64, seed: int = 11) -> dict[str, np.ndarray]:
+    """The issue's planted spectra in d = 64 (rotated by a fixed random orthogonal matrix, so no
+    axis is special for the probe's standardisation):
+
+    * ``eigengap``: variances 12 ... 6 on ten axes, 0.6 on the rest (a clear gap after PCA-10);
+      unequal class covariances (the toxic class x1.6 on axes 1-5, x0.7 on axes 6-10); the class
+      shift on axes 1, 4, 7, 10 (inside PCA-10).
+    * ``powerlaw``: variances 10 / j (no gap anywhere); toxic class x1.3 on axes 1-10; half the
+      squared class shift on axes 2, 5, 8 and half on axes 15, 21, 31, 41 (outside PCA-10).
+
+    ``align`` is the extra shift of the toxic class that the planted "aligned" model adds (the
+    same texts, states shifted): half along the base shift, plus 0.35 on axis 25 (outside PCA-10).
+    """
+    j = np.arange(1, d + 1)
+    delta = np.zeros(d)
+    if kind == "eigengap":
+        lam = np.r_[np.linspace(12, 6, 10), np.full(d - 10, 0.6)]
+        s1 = np.r_[np.full(5, 1.6), np.full(5, 0.7), np.ones(d - 10)]
+        delta[[0, 3, 6, 9]] = np.array([1.2, 1.0, 0.8, 0.8]) * 1.5
+    elif kind == "powerlaw":
+        lam = 10.0 / j
+        s1 = np.ones(d)
+        s1[:10] = 1.3
+        delta[[1, 4, 7]] = (0.55, 0.5, 0.4)
+        delta[[14, 20, 30, 40]] = (0.5, 0.45, 0.4, 0.3)
+    else:
+        raise ValueError(f"unknown spectrum {kind!r}; use one of {', '.join(SPECTRA[1:])}.")
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    align = 0.5 * delta
+    align[24] += 0.35
+    cov0, cov1 = (Q * lam) @ Q.T, (Q * (lam * s1)) @ Q.T
+    return {"mu0": np.zeros(d), "mu1": Q @ delta, "cov0": cov0, "cov1": cov1, "align": Q @ align,
+            "chol0": np.linalg.cholesky(cov0), "chol1": np.linalg.cholesky(cov1)}
+
+
+def aligned_of(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The planted aligned model: the toxic class shifted by ``p["align"]``."""
+    return dict(p, mu1=p["mu1"] + p["align"])
+
+
+def planted_for(spectrum: str, signal: float) -> dict[str, np.ndarray]:
+    return planted(signal) if spectrum == "d10" else planted_spectrum(spectrum)
+
+
 def sample(p: dict[str, np.ndarray], n_per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if "chol0" in p:
+        d = p["mu0"].size
+        x0 = rng.standard_normal((n_per_class, d)) @ p["chol0"].T + p["mu0"]
+        x1 = rng.standard_normal((n_per_class, d)) @ p["chol1"].T + p["mu1"]
+        y = np.r_[np.zeros(n_per_class, dtype=np.int64), np.ones(n_per_class, dtype=np.int64)]
+        return np.vstack([x0, x1]), y
     x0 = rng.multivariate_normal(p["mu0"], p["cov0"], size=n_per_class)
     x1 = rng.multivariate_normal(p["mu1"], p["cov1"], size=n_per_class)
     y = np.r_[np.zeros(n_per_class, dtype=np.int64), np.ones(n_per_class, dtype=np.int64)]
@@ -72,6 +125,25 @@ def truth_closed_form(p: dict[str, np.ndarray]) -> dict[str, float]:
     sb = float(d @ d) / 4
     sw = (np.trace(p["cov0"]) + np.trace(p["cov1"])) / 2
     return {"bhattacharyya": maha + covt, "bcv_ratio": sb / (sb + sw)}
+
+
+def population_pca(p: dict[str, np.ndarray], k: int = K) -> dict[str, np.ndarray]:
+    """The two classes projected on the top-k axes of the population's pooled covariance
+    (equal class shares: (S0 + S1) / 2 + D D' / 4): what PCA-k of an infinite sample measures.
+    With d = k this is a rotation (the d10 study)."""
+    D = p["mu1"] - p["mu0"]
+    pooled = (p["cov0"] + p["cov1"]) / 2 + np.outer(D, D) / 4
+    vals, vecs = np.linalg.eigh(pooled)
+    V = vecs[:, np.argsort(vals)[::-1][:k]]
+    return {"mu0": V.T @ p["mu0"], "mu1": V.T @ p["mu1"], "cov0": V.T @ p["cov0"] @ V, "cov1": V.T @ p["cov1"] @ V}
+
+
+def truth_pca_metrics(p: dict[str, np.ndarray], k: int = K) -> dict[str, float]:
+    """Population variance ratio, Bhattacharyya distance and silhouette on the population PCA-k."""
+    q = population_pca(p, k)
+    out = truth_closed_form(q)
+    out["silhouette"] = truth_silhouette(q)
+    return out
 
 
 def truth_silhouette(p: dict[str, np.ndarray], *, n_query: int = 3000, n_ref: int = 30000, seed: int = 99) -> float:
@@ -119,7 +191,7 @@ def truth_probe(p: dict[str, np.ndarray], n_per_class: int, *, folds: int = 5, r
 
 def run_study(
     sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits: int, signal: float = 1.0,
-    metrics: tuple[str, ...] = METRICS,
+    metrics: tuple[str, ...] = METRICS, spectrum: str = "d10",
 ) -> dict[str, Any]:
     from safespace_tasks.metrics import separation_metrics
 
@@ -129,9 +201,8 @@ def run_study(
         extra["n_permutations"] = 0
     if "probe_refits" in params:
         extra["probe_refits"] = probe_refits
-    p = planted(signal)
-    truth = truth_closed_form(p)
-    truth["silhouette"] = truth_silhouette(p)
+    p = planted_for(spectrum, signal)
+    truth = truth_pca_metrics(p)
     probe = "probe_auroc" in metrics
     if not probe:
         extra["probe"] = False
@@ -169,6 +240,138 @@ def run_study(
     return out
 
 
+def truth_probe_gain(p: dict[str, np.ndarray], n_per_class: int, *, folds: int = 5, reps: int = 100, seed: int = 7) -> float:
+    """Mean of AUROC_aligned(w_aligned) - AUROC_base(w_base), the probes trained on the same texts
+    at the cross-validation's training size (the aligned states are the base ones shifted)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pb = aligned_of(p)
+    rng = np.random.default_rng(seed)
+    m = int(round(n_per_class * (folds - 1) / folds))
+    vals = []
+    for _ in range(reps):
+        X, y = sample(p, m, rng)
+        out = []
+        for Xm, pm in ((X, p), (X + y[:, None] * p["align"], pb)):
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(Xm, y)
+            out.append(population_auroc(model[-1].coef_[0] / model[0].scale_, pm))
+        vals.append(out[1] - out[0])
+    return float(np.mean(vals))
+
+
+def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed: int) -> dict[str, Any]:
+    """Coverage of the report's paired gain (aligned - base on the same texts; the aligned states
+    are the base ones with the toxic class shifted by ``align``) -- the new interval (the paired
+    bootstrap's own: basic with the PCA basis refitted per replicate, the probe's CV-corrected t)
+    against the old one (fixed basis, gain +- z SE, the probe's fixed-score SE), and the width of
+    the independent fallback sqrt(SE_base^2 + SE_aligned^2) against the true sd of the gain."""
+    from safespace_tasks.metrics import paired_bootstrap_difference
+
+    z = 1.959963984540054
+    p = planted_spectrum(spectrum)
+    pb = aligned_of(p)
+    ta, tb = truth_pca_metrics(p), truth_pca_metrics(pb)
+    out: dict[str, Any] = {"spectrum": spectrum, "sizes": {}}
+    for n_pc in sizes:
+        truth = {m: tb[m] - ta[m] for m in ("bcv_ratio", "bhattacharyya", "silhouette")}
+        truth["probe_auroc"] = truth_probe_gain(p, n_pc)
+        rng = np.random.default_rng(seed + n_pc)
+        rec = {m: {"v": [], "new_se": [], "new_cover": [], "old_se": [], "old_cover": [], "indep_se": []} for m in METRICS}
+        start = time.perf_counter()
+        for r in range(reps):
+            Xa, y = sample(p, n_pc, rng)
+            Xb = Xa + y[:, None] * p["align"]
+            new = paired_bootstrap_difference(Xa, Xb, y, k=K, n_boot=n_boot, seed=seed + r)
+            old = paired_bootstrap_difference(Xa, Xb, y, k=K, n_boot=n_boot, seed=seed + r, pca_refit=False)
+            for m in METRICS:
+                g = new.difference[m]
+                lo, hi = new.ci[m]
+                se_old = old.stderr[m] if m != "probe_auroc" else math.sqrt(old.spread[m]["var_bootstrap"])
+                q = rec[m]
+                q["v"].append(g)
+                q["new_se"].append(new.stderr[m])
+                q["new_cover"].append(bool(lo <= truth[m] <= hi))
+                q["old_se"].append(se_old)
+                q["old_cover"].append(bool(abs(g - truth[m]) <= z * se_old))
+                q["indep_se"].append(math.hypot(new.stderr_a[m], new.stderr_b[m]))
+        rows = {}
+        for m, q in rec.items():
+            v = np.array(q["v"])
+            sd = float(np.std(v, ddof=1))
+            rows[m] = {
+                "truth": truth[m], "true_sd": sd, "bias_over_sd": float((v.mean() - truth[m]) / sd),
+                "coverage_new": float(np.mean(q["new_cover"])), "stderr_ratio_new": float(np.mean(q["new_se"]) / sd),
+                "coverage_old": float(np.mean(q["old_cover"])), "stderr_ratio_old": float(np.mean(q["old_se"]) / sd),
+                "independent_ratio": float(np.mean(q["indep_se"]) / sd),
+            }
+        out["sizes"][str(n_pc)] = {"reps": reps, "seconds": round(time.perf_counter() - start, 2), "metrics": rows}
+        print(f"  gain {spectrum} {n_pc}/class done in {out['sizes'][str(n_pc)]['seconds']} s", file=sys.stderr, flush=True)
+    return out
+
+
+def run_probe_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed: int) -> dict[str, Any]:
+    """The probe AUROC alone (no PCA metric, so it is cheap): per data set the cross-validated
+    AUROC, the old standard error and interval (fixed-score bootstrap, basic interval) and the new
+    one (:func:`safespace_tasks.cv_interval.cv_auroc_interval`) from the same fit and replicates."""
+    from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
+    from safespace_tasks.metrics import probe_auroc, stratified_bootstrap_weights
+    from safespace_tasks.resampling import summarise, weighted_auroc
+
+    p = planted_for(spectrum, 3.0)
+    out: dict[str, Any] = {"spectrum": spectrum, "sizes": {}}
+    for n_pc in sizes:
+        truth = truth_probe(p, n_pc, reps=100)
+        rng = np.random.default_rng(seed + n_pc)
+        v, se_old, se_new, cov_old, cov_new, t_fit, t_new = [], [], [], [], [], [], []
+        for r in range(reps):
+            X, y = sample(p, n_pc, rng)
+            t0 = time.perf_counter()
+            fit = probe_auroc(X, y, seed=seed + r)
+            reps_fixed = weighted_auroc(fit.oof_scores, y, stratified_bootstrap_weights(y, n_boot, seed + r + 1))
+            old = summarise(reps_fixed, fit.auroc, 0.95, method="basic", lower=0.0, upper=1.0)
+            t1 = time.perf_counter()
+            new = cv_auroc_interval(fit.auroc, old.stderr**2, fold_aurocs(fit.oof_scores, y, fit.folds), 0.95)
+            t_fit.append(t1 - t0)
+            t_new.append(time.perf_counter() - t1)
+            v.append(fit.auroc)
+            se_old.append(old.stderr)
+            se_new.append(new.stderr)
+            cov_old.append(old.ci[0] <= truth <= old.ci[1])
+            cov_new.append(new.ci[0] <= truth <= new.ci[1])
+        sd = float(np.std(v, ddof=1))
+        out["sizes"][str(n_pc)] = {
+            "reps": reps, "truth": truth, "true_sd": sd, "bias": float(np.mean(v) - truth),
+            "coverage_old": float(np.mean(cov_old)), "coverage_new": float(np.mean(cov_new)),
+            "stderr_ratio_old": float(np.mean(se_old) / sd), "stderr_ratio_new": float(np.mean(se_new) / sd),
+            "seconds_probe_and_bootstrap": float(np.sum(t_fit)), "seconds_added_by_new_interval": float(np.sum(t_new)),
+        }
+        print(f"  probe {spectrum} {n_pc}/class done", file=sys.stderr, flush=True)
+    return out
+
+
+def probe_table(res: dict[str, Any]) -> str:
+    lines = ["| spectrum | texts/class | truth | datasets | coverage old → new | stderr / true sd old → new | bias |",
+             "|---|---|---|---|---|---|---|"]
+    for n_pc, r in res["sizes"].items():
+        lines.append(f"| {res['spectrum']} | {n_pc} | {r['truth']:.4f} | {r['reps']} | {r['coverage_old']:.3f} → "
+                     f"**{r['coverage_new']:.3f}** | {r['stderr_ratio_old']:.2f} → {r['stderr_ratio_new']:.2f} | "
+                     f"{r['bias']:+.4f} |")
+    return "\n".join(lines)
+
+
+def gain_table(res: dict[str, Any]) -> str:
+    lines = ["| spectrum | texts/class | metric | truth | coverage old → new | stderr / true sd old → new | bias / sd | independent SE / true sd |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n_pc, block in res["sizes"].items():
+        for m, r in block["metrics"].items():
+            lines.append(f"| {res['spectrum']} | {n_pc} | {m} | {r['truth']:+.4f} | {r['coverage_old']:.3f} → "
+                         f"**{r['coverage_new']:.3f}** | {r['stderr_ratio_old']:.2f} → {r['stderr_ratio_new']:.2f} | "
+                         f"{r['bias_over_sd']:+.2f} | {r['independent_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     lines = ["| code | texts/class | metric | truth | coverage | stderr / true sd | bias |", "|---|---|---|---|---|---|---|"]
     for code, res in results.items():
@@ -188,6 +391,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--signal", type=float, default=1.0,
                     help="scale of the mean shift (1: Bhattacharyya 0.042, the weak regime of the issue; 3: 0.24)")
+    ap.add_argument("--spectrum", default="d10", choices=SPECTRA,
+                    help="d10: the d = k = 10 study; eigengap / powerlaw: the d = 64 spectra of planted_spectrum")
+    ap.add_argument("--gain", action="store_true",
+                    help="study the report's paired gain (base vs a shifted aligned model) instead of one model")
+    ap.add_argument("--probe-only", action="store_true",
+                    help="the probe AUROC's old (fixed-score bootstrap) and new (CV-corrected) intervals only")
     ap.add_argument("--compare-old", default=None, help="path of a checkout with the old package (runs it too)")
     ap.add_argument("--metrics", default=",".join(METRICS), help="metrics to study (without probe_auroc: no probe fit)")
     ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
@@ -195,19 +404,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     metrics = tuple(m for m in a.metrics.split(",") if m)
+    command = "python benchmarks/bench_calibration.py " + " ".join(argv or sys.argv[1:])
+    if a.probe_only:
+        res = run_probe_study(a.spectrum, sizes, a.reps, a.n_boot, a.seed)
+        record = {"benchmark": "calibration_probe", "command": command, "results": res}
+        print(probe_table(res))
+        if a.out:
+            Path(a.out).write_text(json.dumps(record, indent=2))
+            print(f"wrote {a.out}")
+        return record
+    if a.gain:
+        if a.spectrum == "d10":
+            ap.error("--gain needs --spectrum eigengap or powerlaw")
+        res = run_gain_study(a.spectrum, sizes, a.reps, a.n_boot, a.seed)
+        record = {"benchmark": "calibration_gain", "command": command, "k": K, "results": res}
+        print(gain_table(res))
+        if a.out:
+            Path(a.out).write_text(json.dumps(record, indent=2))
+            print(f"wrote {a.out}")
+        return record
     if a.json_only:
-        res = run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)
+        res = run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics, a.spectrum)
         print(json.dumps(res))
         return res
-    results = {"new": run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics)}
+    results = {"new": run_study(sizes, a.reps, a.n_boot, a.seed, a.probe_refits, a.signal, metrics, a.spectrum)}
     if a.compare_old:
         env = dict(os.environ, PYTHONPATH=a.compare_old)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--json-only", "--sizes", a.sizes, "--reps", str(a.reps),
-               "--n-boot", str(a.n_boot), "--seed", str(a.seed), "--signal", str(a.signal), "--metrics", a.metrics]
+               "--n-boot", str(a.n_boot), "--seed", str(a.seed), "--signal", str(a.signal), "--metrics", a.metrics,
+               "--spectrum", a.spectrum, "--probe-refits", str(a.probe_refits)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results["old"] = json.loads(proc.stdout.strip().splitlines()[-1])
-    record = {"benchmark": "calibration", "command": "python benchmarks/bench_calibration.py " + " ".join(argv or sys.argv[1:]),
-              "k": K, "signal": a.signal, "planted": {k: v.tolist() for k, v in planted(a.signal).items()}, "results": results}
+    planted_params = ({k: v.tolist() for k, v in planted(a.signal).items()} if a.spectrum == "d10"
+                      else {"spectrum": a.spectrum, "doc": "planted_spectrum(%r)" % a.spectrum})
+    record = {"benchmark": "calibration", "command": command, "k": K, "signal": a.signal, "spectrum": a.spectrum,
+              "planted": planted_params, "results": results}
     print(table(results))
     if a.out:
         Path(a.out).write_text(json.dumps(record, indent=2))

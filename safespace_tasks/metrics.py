@@ -40,6 +40,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
+from safespace_tasks.cv_interval import METHOD as CV_METHOD
+from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
 from safespace_tasks.resampling import (
     bootstrap_weights,
     permutation_summary,
@@ -957,13 +959,16 @@ def separation_metrics(
     - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.resampling`), clipped to
       each metric's range. Degenerate replicates (NaN, inf, singular, beyond a sane bound) are
       counted in ``spread``; above 25 % of them the spread is NaN with the reason.
-    - The probe's standard error can include refitting: ``probe_refits`` of the bootstrap
-      replicates refit the probe (warm-started, same folds); the spread of the fixed-score
-      replicates is then scaled by sd(refitted) / sd(fixed) on those replicates. The default
-      (:data:`PROBE_REFITS` = 0) keeps the fixed-score spread: in the calibration study
-      (docs/statistics.md) it gave stderr / true sd of 0.82 - 1.20, the refit-scaled one 1.06 -
-      1.48 (a resample repeats texts, so a refit on it varies more than a fit on fresh texts), at
-      five refits the cost of the whole stage more than doubles.
+    - The probe's standard error counts the training variance without a refit: the variance of
+      the fixed-score bootstrap is averaged with the Nadeau-Bengio corrected variance of the
+      per-fold AUROCs, and the interval is a t interval with Satterthwaite degrees of freedom
+      (:mod:`safespace_tasks.cv_interval`; ``spread["probe_auroc"]`` holds both parts, the
+      per-fold AUROCs and the df). The fixed-score bootstrap alone gave stderr / true sd of
+      0.69 - 0.89 on the d = 64 spectra of docs/statistics.md. ``probe_refits`` (default
+      :data:`PROBE_REFITS` = 0) of the bootstrap replicates can also refit the probe
+      (warm-started, same folds): the bootstrap part is then scaled by sd(refitted) / sd(fixed)
+      on those replicates (a refit on a resample, which repeats texts, varies more than a fit
+      on fresh texts, and five refits more than double the stage's cost).
     - The probe's null needs a refit per permutation: ``probe_permutations`` (default 0: its
       null and p-value are NaN, and ``n_permutations["probe_auroc"]`` is 0).
     - Degenerate data: texts that collapse to too few distinct states for a metric make that
@@ -1059,7 +1064,28 @@ def _spreads(m: "_Measured", ci_level: float) -> tuple[dict[str, float], dict[st
             "method": sp.method, "n_replicates": sp.n_replicates, "n_degenerate": sp.n_degenerate,
             "clipped": sp.clipped, "reason": sp.reason, **extra,
         }
+        if name == "probe_auroc" and m.probe is not None and np.isfinite(sp.stderr):
+            per_fold = fold_aurocs(m.probe.oof_scores, m.y, m.probe.folds)
+            stderr[name], ci[name], more = _probe_cv_spread(m.values[name], sp.stderr**2, per_fold, ci_level, lo, hi)
+            spread[name].update(more)
     return stderr, ci, spread
+
+
+def _probe_cv_spread(
+    point: float, var_boot: float, per_fold: np.ndarray, ci_level: float, lower: float, upper: float
+) -> tuple[float, tuple[float, float], dict[str, Any]]:
+    """The probe's standard error and interval with the training variance counted
+    (:func:`safespace_tasks.cv_interval.cv_auroc_interval`), and what ``spread`` records of it."""
+    cv = cv_auroc_interval(point, var_boot, per_fold, ci_level, lower=lower, upper=upper)
+    more = {
+        # df is infinite when the folds agree exactly (e.g. every fold at AUROC 1): None keeps the JSON strict
+        "method": CV_METHOD, "clipped": cv.clipped, "df": cv.df if np.isfinite(cv.df) else None,
+        "var_bootstrap": cv.var_bootstrap,
+        "var_cv_folds": cv.var_cv, "per_fold": [float(v) for v in per_fold],
+    }
+    if cv.reason:
+        more["reason"] = cv.reason
+    return cv.stderr, cv.ci, more
 
 
 def _refit_scale(fixed: np.ndarray, refit: np.ndarray | None) -> tuple[float, dict[str, Any]]:
@@ -1088,6 +1114,7 @@ class _Measured:
     silhouette_sample: int | None
     probe: ProbeResult | None
     refits: np.ndarray | None = None
+    y: np.ndarray | None = None
     null: dict[str, np.ndarray] = field(default_factory=dict)
     degenerate: dict[str, str] = field(default_factory=dict)
     distinct: tuple[int, tuple[int, int]] = (0, (0, 0))
@@ -1211,7 +1238,7 @@ def _measure(
                 null["probe_auroc"] = probe_null_replicates(X, y, probe_res, Y[:, : min(probe_permutations, n_permutations)])
     return _Measured(
         values=values, replicates=reps, projection=Z, explained_variance=evr, bhattacharyya=bhat,
-        silhouette_sample=None if sil_idx is None else int(sil_idx.size), probe=probe_res, refits=refits,
+        silhouette_sample=None if sil_idx is None else int(sil_idx.size), probe=probe_res, refits=refits, y=y,
         null=null, degenerate=degenerate, distinct=distinct, pca_method=pca_method,
     )
 
@@ -1409,6 +1436,7 @@ def paired_bootstrap_difference(
     probe_folds: int = 5,
     silhouette_max_n: int | None = SILHOUETTE_MAX_N,
     probe_refits: int = PROBE_REFITS,
+    pca_refit: bool = True,
 ) -> PairedDifference:
     """Separation metrics of two models on the same texts and a paired bootstrap of their difference.
 
@@ -1419,8 +1447,14 @@ def paired_bootstrap_difference(
     accounts for the texts the two share. With the settings and ``seed`` of a run the point values
     and each model's standard error equal what :func:`separation_metrics` reported for it
     (the resamples come from ``seed + 1``, as there; the probe's refits are the same replicates).
-    The interval of the difference is the basic bootstrap interval; the probe's is widened by
-    sd(refitted differences) / sd(fixed-score differences) on the refitted replicates.
+    With ``pca_refit`` (default) each model's PCA-k basis is refitted inside every replicate
+    (:mod:`safespace_tasks.pca_refit`), so the replicates of the variance ratio, Bhattacharyya
+    distance and silhouette carry the basis's own sampling variation and bias (a fixed basis
+    under-covers on spectra without an eigengap); the point values are unchanged.
+    The interval of the difference of those three is the basic bootstrap interval; the probe's
+    is the cross-validation-corrected t interval of :mod:`safespace_tasks.cv_interval` on the
+    per-fold AUROC differences (its bootstrap part widened by the refit scale with
+    ``probe_refits`` > 1).
     """
     X_a, y = validate_states(X_a, y, min_per_class=2, what="states of model A", keep_float32=True)
     X_b, _ = validate_states(X_b, y, min_per_class=2, what="states of model B", keep_float32=True)
@@ -1435,10 +1469,16 @@ def paired_bootstrap_difference(
     )
     a = _measure(X_a, y, **kwargs)
     b = _measure(X_b, y, **kwargs)
-    values_a, values_b = a.values, b.values
-    difference, stderr, stderr_a, stderr_b, ci, spread = {}, {}, {}, {}, {}, {}
+    # each model's own standard error is the one its run reported (fixed basis)
     sa, _, _ = _spreads(a, ci_level)
     sb, _, _ = _spreads(b, ci_level)
+    refitted: set[str] = set()
+    if pca_refit:
+        done = [_refit_pca_replicates(X, y, m, k=k, n_boot=int(n_boot), seed=seed, groups=groups,
+                                      silhouette_max_n=silhouette_max_n) for X, m in ((X_a, a), (X_b, b))]
+        refitted = done[0] & done[1]
+    values_a, values_b = a.values, b.values
+    difference, stderr, stderr_a, stderr_b, ci, spread = {}, {}, {}, {}, {}, {}
     for name in values_a:
         difference[name] = values_b[name] - values_a[name]
         stderr_a[name] = sa.get(name, float("nan"))
@@ -1450,7 +1490,8 @@ def paired_bootstrap_difference(
         ra, rb = a.replicates[name], b.replicates[name]
         bound = BHATTACHARYYA_MAX if name == "bhattacharyya" else np.inf
         bad = ~(np.isfinite(ra) & np.isfinite(rb) & (np.abs(ra) <= bound) & (np.abs(rb) <= bound))
-        diff = np.where(bad, np.nan, rb - ra)
+        with np.errstate(invalid="ignore"):  # inf - inf of degenerate pairs, masked here
+            diff = np.where(bad, np.nan, rb - ra)
         scale, extra = 1.0, {}
         if name == "probe_auroc" and a.refits is not None and b.refits is not None:
             r = a.refits.size
@@ -1460,10 +1501,56 @@ def paired_bootstrap_difference(
         stderr[name], ci[name] = sp.stderr, sp.ci
         spread[name] = {"method": sp.method, "n_replicates": sp.n_replicates, "n_degenerate": sp.n_degenerate,
                         "clipped": sp.clipped, "reason": sp.reason, **extra}
+        if name in ("bcv_ratio", "bhattacharyya", "silhouette"):
+            spread[name]["pca_refit"] = name in refitted
+            if pca_refit and name not in refitted and name == "silhouette":
+                spread[name]["pca_refit_skipped"] = (
+                    f"more than {SILHOUETTE_REFIT_MAX_N} texts: the silhouette's replicates keep the fixed basis "
+                    "(a refitted basis costs an O(n^2) pass per replicate)")
+        if name == "probe_auroc" and a.probe is not None and b.probe is not None and np.isfinite(sp.stderr):
+            # the same seed, labels and groups give both models the same folds: per-fold differences
+            per_fold = (fold_aurocs(b.probe.oof_scores, y, b.probe.folds)
+                        - fold_aurocs(a.probe.oof_scores, y, a.probe.folds))
+            stderr[name], ci[name], more = _probe_cv_spread(
+                difference[name], sp.stderr**2, per_fold, ci_level, lo - hi, hi - lo)
+            spread[name].update(more)
     return PairedDifference(
         values_a=values_a, values_b=values_b, difference=difference, stderr=stderr,
         stderr_a=stderr_a, stderr_b=stderr_b, ci=ci, ci_level=ci_level, n_boot=int(n_boot), spread=spread,
     )
+
+
+def _refit_pca_replicates(
+    X: np.ndarray, y: np.ndarray, m: _Measured, *, k: int, n_boot: int, seed: int, groups: np.ndarray | None,
+    silhouette_max_n: int | None,
+) -> set[str]:
+    """Replace ``m``'s fixed-basis replicates of the PCA metrics by replicates on the same
+    resamples (``seed + 1``; the silhouette's subsample ``seed + 3`` and resamples ``seed + 2``,
+    as :func:`_measure` draws them) with the basis refitted in each."""
+    from safespace_tasks.pca_refit import pca_refit_replicates
+
+    names = [nm for nm in ("bcv_ratio", "bhattacharyya", "silhouette") if nm in m.replicates]
+    n_sil = X.shape[0] if silhouette_max_n is None else min(X.shape[0], int(silhouette_max_n))
+    if n_sil > SILHOUETTE_REFIT_MAX_N:
+        names = [nm for nm in names if nm != "silhouette"]
+    if not names:
+        return set()
+    W = stratified_bootstrap_weights(y, n_boot, seed + 1, groups=groups)
+    rows = Ws = None
+    if "silhouette" in names and silhouette_max_n is not None and X.shape[0] > silhouette_max_n:
+        rows = stratified_subsample(y, int(silhouette_max_n), seed + 3, groups=groups)
+        Ws = stratified_bootstrap_weights(y[rows], n_boot, seed + 2, groups=None if groups is None else groups[rows])
+    ridge = m.bhattacharyya.ridge if m.bhattacharyya is not None else 0.0
+    m.replicates.update(pca_refit_replicates(
+        X, y, W, k, ridge=ridge, metrics=tuple(names), silhouette_rows=rows, W_silhouette=Ws,
+    ))
+    return set(names)
+
+
+# Above this many texts (after the silhouette's own subsample) the paired bootstrap keeps the
+# fixed basis for the silhouette's replicates: a refitted basis costs an O(n^2 k) distance pass
+# per replicate (about 0.05 s at 2,000 texts, 0.3 s at 5,000), and is recorded in ``spread``.
+SILHOUETTE_REFIT_MAX_N = 3000
 
 
 def paired_shift_difference(

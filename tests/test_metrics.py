@@ -485,7 +485,9 @@ def test_probe_refits_on_unit_weights_reproduce_the_fit_and_widen_the_spread():
     sp = res.spread["probe_auroc"]
     assert sp["probe_refits"] == 20 and sp["probe_refit_scale"] >= 1.0
     fixed = M.separation_metrics(X, y, k=5, n_boot=100, n_permutations=0, probe_refits=0, seed=0)
-    assert res.stderr["probe_auroc"] == pytest.approx(fixed.stderr["probe_auroc"] * sp["probe_refit_scale"])
+    # the refit scale widens the bootstrap part of the probe's variance
+    assert sp["var_bootstrap"] == pytest.approx(fixed.spread["probe_auroc"]["var_bootstrap"] * sp["probe_refit_scale"] ** 2)
+    assert res.stderr["probe_auroc"] == pytest.approx(np.sqrt((sp["var_bootstrap"] + sp["var_cv_folds"]) / 2))
 
 
 def test_paired_difference_uses_basic_intervals_and_counts_degenerate_pairs():
@@ -497,7 +499,8 @@ def test_paired_difference_uses_basic_intervals_and_counts_degenerate_pairs():
     d = M.paired_bootstrap_difference(Xa, Xb, y, k=5, n_boot=60, probe_refits=5)
     for name in M.METRIC_NAMES:
         lo, hi = d.ci[name]
-        assert lo <= hi and d.spread[name]["method"] == "basic"
+        want = M.CV_METHOD if name == "probe_auroc" else "basic"
+        assert lo <= hi and d.spread[name]["method"] == want
         assert d.spread[name]["n_degenerate"] == 0
     assert d.difference["bcv_ratio"] > 0
 

@@ -24,7 +24,7 @@ import pytest
 from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift, paired_shift_difference, separation_metrics
 from safespace_tasks.report import ReportInputError, build_report
 from safespace_tasks.report.plots import figure_pixels
-from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, fmt
+from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, SHARED_MEAN_ROW, fmt
 from safespace_tasks.states import load_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,8 @@ def test_gains_use_a_paired_bootstrap_over_the_shared_texts(report, results, run
             assert g["gain"] == expected
             assert g["method"] == "paired bootstrap" and g["n_boot"] == N_BOOT
             assert g["se"] > 0
-            assert g["ci"] == pytest.approx([expected - Z95 * g["se"], expected + Z95 * g["se"]], rel=1e-9, abs=1e-12)
+            # the paired bootstrap's own interval (basic, or the probe's CV-corrected t), not gain +- z SE
+            assert g["ci"][0] < g["ci"][1]
         gains = [block["per_language"][lang] for lang in LANGS]
         assert block["mean"]["value"] == pytest.approx(sum(g["gain"] for g in gains) / 3, rel=1e-12, abs=1e-15)
         en_rest = gains[0]["gain"] - (gains[1]["gain"] + gains[2]["gain"]) / 2
@@ -170,6 +171,8 @@ def test_gains_use_a_paired_bootstrap_over_the_shared_texts(report, results, run
     assert np.array_equal(a.ids, b.ids)
     res = paired_bootstrap_difference(a.states[:, 0], b.states[:, 0], a.labels, k=10, n_boot=N_BOOT, seed=1234)
     assert pair["families"]["toxicity"]["bcv_ratio"]["per_language"]["en"]["se"] == pytest.approx(res.stderr["bcv_ratio"])
+    for metric in METRICS:
+        assert pair["families"]["toxicity"][metric]["per_language"]["en"]["ci"] == pytest.approx(list(res.ci[metric]))
 
 
 def test_images_are_pngs_of_the_expected_size(report):
@@ -448,6 +451,13 @@ def test_non_numeric_and_missing_values_are_named_with_the_languages_each_mean_c
     assert "mean of base:" not in md  # a mean over every language needs no such note
     rows = _csv(rep.tables["toxicity_bcv_ratio"])
     assert rows["de"]["aligned"] == "" and rows["de"]["gain aligned − base"] == ""
+    # a row's gain belongs to the cells beside it: the mean row (base over 3 languages, aligned over
+    # 2) shows none; the shared row shows both models and the gain over en and am
+    assert rows[MEAN_ROW]["gain aligned − base"] == ""
+    shared = rows[SHARED_MEAN_ROW]
+    gains = [float(rows[lang]["gain aligned − base"]) for lang in ("en", "am")]
+    assert float(shared["gain aligned − base"]) == pytest.approx(sum(gains) / 2, rel=1e-12)
+    assert float(shared["gain aligned − base"]) == pytest.approx(float(shared["aligned"]) - float(shared["base"]), rel=1e-9)
     assert rep.comparison.run("aligned").task_for("toxicity", "de").unreadable == {"bcv_ratio": "oops"}
 
 

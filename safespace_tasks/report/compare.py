@@ -11,9 +11,12 @@ report adds is computed here and says how:
 - the mean over languages (the results JSON's group row when it covers exactly these languages,
   else the mean of the language rows) and the English-minus-rest gap ``en - mean(other languages)``.
 
-Intervals are normal ``estimate +- z * se`` at the requested level; both kinds of standard error
-are bootstrap standard deviations, so the two methods differ only in whether the texts' shared
-draw is accounted for.
+Intervals: a paired gain carries the interval of the paired bootstrap itself (the *basic*
+bootstrap interval of docs/statistics.md for the PCA metrics, with the PCA basis refitted in
+every replicate; the cross-validation-corrected t interval for the probe AUROC); an independent
+gain, a mean over languages and the English-minus-rest gap use ``estimate +- z * se`` (a sum of
+independent terms). Every interval is clipped to the metric's range (a difference to
+``[lo - hi, hi - lo]``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,17 @@ PAIRED = "paired bootstrap"
 # pair metrics of the paired families (toxic sentence and its rewrite), from the metric table.
 PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """Natural range of a metric's value (the separation metrics'; unbounded for the others)."""
+    from safespace_tasks.metrics import METRIC_RANGE
+
+    return METRIC_RANGE.get(mt.base_name(split_metric(metric)[0]), (-math.inf, math.inf))
+
+
+def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
+    return max(low, lo), min(high, hi)
 
 
 class ReportInputError(ValueError):
@@ -190,7 +204,7 @@ class Comparison:
             source = f"mean of {len(finite)} language rows"
             if len(finite) < len(langs):
                 source += f" (NaN left out: {', '.join(lang for lang in langs if lang not in dict(finite))})"
-        return self._agg(value, se, [lang for lang, _ in finite], source)
+        return self._agg(value, se, [lang for lang, _ in finite], source, metric_range(metric))
 
     def left_out(self, label: str, family: str, metric: str) -> dict[str, str]:
         """Languages of the family that ``label``'s mean of ``metric`` leaves out, each with why."""
@@ -235,16 +249,26 @@ class Comparison:
                 out.append(g)
         return out
 
-    def mean_gain(self, pair: tuple[str, str], family: str, metric: str) -> Aggregate:
-        """Mean gain over the languages both runs have; languages are independent samples of texts."""
+    def gain_languages(self, pair: tuple[str, str], family: str, metric: str) -> list[str]:
+        """The languages with a finite gain: those a mean gain is taken over."""
+        return [g.language for g in self._gains_of(pair, family, metric)]
+
+    def mean_gain(self, pair: tuple[str, str], family: str, metric: str,
+                  languages: Sequence[str] | None = None) -> Aggregate:
+        """Mean gain over the languages both runs have with a finite value (or over ``languages``
+        among them); languages are independent samples of texts. Its interval is clipped to the
+        range of a difference of the metric."""
         gains = self._gains_of(pair, family, metric)
+        if languages is not None:
+            gains = [g for g in gains if g.language in set(languages)]
         if not gains:
             return Aggregate(None, source="no language with a gain")
         value = float(np.mean([g.value for g in gains]))
         se = None
         if all(g.se is not None for g in gains):
             se = math.sqrt(sum(g.se**2 for g in gains)) / len(gains)  # type: ignore[operator]
-        return self._agg(value, se, [g.language for g in gains], "mean of the language gains")
+        lo, hi = metric_range(metric)
+        return self._agg(value, se, [g.language for g in gains], "mean of the language gains", (lo - hi, hi - lo))
 
     def english_minus_rest_gain(self, pair: tuple[str, str], family: str, metric: str) -> Aggregate:
         gains = {g.language: g for g in self._gains_of(pair, family, metric)}
@@ -258,12 +282,15 @@ class Comparison:
         se = None
         if en.se is not None and all(g.se is not None for g in rest):
             se = math.sqrt(en.se**2 + sum(g.se**2 for g in rest) / len(rest) ** 2)  # type: ignore[operator]
-        return self._agg(value, se, [ENGLISH, *gains], "gain(en) - mean(gain of the rest)")
+        lo, hi = metric_range(metric)
+        return self._agg(value, se, [ENGLISH, *gains], "gain(en) - mean(gain of the rest)", (lo - hi, hi - lo))
 
-    def _agg(self, value: float, se: float | None, langs: list[str], source: str) -> Aggregate:
+    def _agg(self, value: float, se: float | None, langs: list[str], source: str,
+             bounds: tuple[float, float] = (-math.inf, math.inf)) -> Aggregate:
         if se is None or not math.isfinite(se):
             return Aggregate(value, languages=langs, source=source)
-        return Aggregate(value, se=se, low=value - self.z * se, high=value + self.z * se, languages=langs, source=source)
+        low, high = _clip(value - self.z * se, value + self.z * se, *bounds)
+        return Aggregate(value, se=se, low=low, high=high, languages=langs, source=source)
 
 
 # --------------------------------------------------------------------------- building
@@ -598,22 +625,31 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
             why = None  # metrics not measured from states: independent by nature, nothing to say
         else:
             try:
-                paired, why = _paired(a, b, wanted, n_boot)
+                paired, why = _paired(a, b, wanted, n_boot, comp.ci_level)
             except SeparationInputError as err:
                 why = f"the states could not be resampled ({err})"
         for metric in wanted:
             ma, mb = a.metrics[metric], b.metrics[metric]
             value = mb.value - ma.value
+            interval = None
             if paired is not None and metric in paired.difference:
                 se, method, nb = paired.stderr[metric], PAIRED, paired.n_boot
+                interval = paired.ci.get(metric)
             elif ma.stderr is not None and mb.stderr is not None:
                 se, method, nb = math.sqrt(ma.stderr**2 + mb.stderr**2), INDEPENDENT, None
             else:
                 se, method, nb = None, None, None
             ok = se is not None and math.isfinite(se) and math.isfinite(value)
+            low = high = None
+            if ok:
+                if interval is not None and all(math.isfinite(x) for x in interval):
+                    low, high = float(interval[0]), float(interval[1])
+                else:
+                    lo_m, hi_m = metric_range(metric)
+                    low, high = _clip(value - comp.z * se, value + comp.z * se, lo_m - hi_m, hi_m - lo_m)
             comp.gains[(pair[0], pair[1], fam, lang, metric)] = Gain(
                 base=pair[0], aligned=pair[1], family=fam, language=lang, metric=metric, value=value,
-                se=se if ok else None, low=value - comp.z * se if ok else None, high=value + comp.z * se if ok else None,
+                se=se if ok else None, low=low, high=high,
                 method=method if ok else None, flags=list(flags), n_boot=nb,
             )
         made = [comp.gains[(pair[0], pair[1], fam, lang, m)] for m in wanted]
@@ -635,7 +671,7 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
         comp.notices.append(Notice("note", text))
 
 
-def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None):
+def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None, ci_level: float = 0.95):
     """Paired bootstrap of b - a from the saved states; (result, None) or (None, why not)."""
     from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift_difference
 
@@ -663,12 +699,13 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
     grouped = bool((sa.groups >= 0).any())
     Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
-        Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed,
+        Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed, ci_level=ci_level,
         groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
         probe_folds=folds, probe_refits=int(settings.get("probe_refits") or 0),
     )
     if grouped and set(PAIR_METRICS) & set(metrics):
-        pairs = paired_shift_difference(Xa, Xb, sa.labels, sa.groups, n_splits=folds, n_boot=boots, seed=seed)
+        pairs = paired_shift_difference(Xa, Xb, sa.labels, sa.groups, n_splits=folds, n_boot=boots, seed=seed,
+                                        ci_level=ci_level)
         for field_name in ("values_a", "values_b", "difference", "stderr", "stderr_a", "stderr_b", "ci"):
             getattr(res, field_name).update(getattr(pairs, field_name))
     # The interval describes the reported numbers only if the states reproduce them.

@@ -132,9 +132,14 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
             "this sample size) and its permutation p-value; read per language, never averaged (docs/statistics.md)."
         )
     # summary rows
-    shared = comp.shared_languages(family)
-    own_sets = {lab: [lang for lang in comp.languages[family] if comp.measurement(lab, family, lang, metric)] for lab in labels}
-    differ = len({tuple(v) for v in own_sets.values()}) > 1
+    # the languages every run has a finite value for: a gain's mean is over these, so a row that
+    # shows a gain shows the models' means over the same languages
+    shared = [
+        lang for lang in comp.shared_languages(family)
+        if all((m := comp.measurement(lab, family, lang, metric)) is not None and math.isfinite(m.value) for lab in labels)
+    ]
+    covered = {lab: comp.mean(lab, family, metric).languages for lab in labels}
+    differ = any(covered[lab] != shared for lab in labels)
     rows_spec = [(MEAN_ROW, None), (SHARED_MEAN_ROW, shared)] if differ else [(MEAN_ROW, None)]
     def add_row(name: str, own, gain, *, signed: bool) -> None:
         """One summary row: each model's aggregate (``own(label)``) and each pair's gain (``gain(pair)``)."""
@@ -153,7 +158,10 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
 
     for name, langs in rows_spec:
         add_row(
-            name, lambda lab: comp.mean(lab, family, metric, langs), lambda pair: comp.mean_gain(pair, family, metric),
+            name, lambda lab: comp.mean(lab, family, metric, langs),
+            # with languages that differ, the gain is shown on the shared row only (over its languages)
+            (lambda pair: Aggregate(None, source="see the shared-languages row")) if differ and langs is None
+            else (lambda pair: comp.mean_gain(pair, family, metric, shared)),
             signed=False,
         )
     add_row(
@@ -166,9 +174,12 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
     if comp.pairs:
         level = f"{comp.ci_level:.0%}"
         table.notes.append(
-            f"Gain = aligned − base of the values above, [{level} interval] = gain ± {comp.z:.2f} × SE, the SE from a "
-            "paired bootstrap over the shared texts (both models scored on the same resamples)"
-            + ("; * marks an independent interval, SE = sqrt(SE_base² + SE_aligned²), used where the texts "
+            f"Gain = aligned − base of the values above, [{level} interval] from a paired bootstrap over the shared "
+            "texts (both models scored on the same resamples; the basic bootstrap interval with the PCA basis "
+            "refitted in each resample, for the probe AUROC the cross-validation-corrected t interval, "
+            "docs/statistics.md); mean rows: ± "
+            f"{comp.z:.2f} × SE over independent languages; intervals clipped to the metric's range"
+            + ("; * marks an independent interval, gain ± z × sqrt(SE_base² + SE_aligned²), used where the texts "
                "could not be paired (see the notes)" if INDEPENDENT in used_methods else "")
             + ("; † marks languages where the runs differ in task version, settings or number of texts" if flagged else "")
             + "."
@@ -190,7 +201,8 @@ def metric_table(comp: Comparison, family: str, metric: str) -> Table:
             )
     table.notes.append(
         f"{MEAN_ROW}: mean over each model's languages (from the results JSON group row where it covers them); "
-        + (f"{SHARED_MEAN_ROW}: over {', '.join(shared)}; " if differ else "")
+        + (f"{SHARED_MEAN_ROW}: models and gain over the languages every run has a value for "
+           f"({', '.join(shared) or 'none'}); " if differ else "")
         + f"{GAP_ROW}: the {ENGLISH} value minus the mean of the other languages (how English-centric the separation is)."
     )
     return table
