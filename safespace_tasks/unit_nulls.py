@@ -115,17 +115,35 @@ class GroupStack:
                           {s: np.concatenate([self.m2[s], other.m2[s]]) for s in SITES})
 
 
+def _centred(stack: GroupStack) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per site: the pooled mean ``c`` of all groups, ``n_g (m_g - c)`` and ``M2_g + n_g (m_g - c)^2``
+    (groups x channels, flattened), cached on the stack. Sums of these over any subset give its
+    count, mean and M2 by one matrix product; centring on ``c`` keeps the subtraction well conditioned."""
+    cache = getattr(stack, "_centred_cache", None)
+    if cache is None:
+        cache = {}
+        for s in SITES:
+            n = stack.count[s]
+            m = stack.mean[s].reshape(len(n), -1)
+            c = (n[:, None] * m).sum(axis=0) / n.sum()
+            dev = m - c
+            cache[s] = (c, n[:, None] * dev, stack.m2[s].reshape(len(n), -1) + n[:, None] * dev * dev)
+        stack._centred_cache = cache
+    return cache
+
+
 def merge_groups(stack: GroupStack, take: np.ndarray) -> UnitStatistics:
     """The merged statistics of the groups ``take`` (indices or a boolean mask): count, mean and
-    M2 = sum M2_g + sum n_g (mean_g - mean)^2, the same numbers as chained pairwise merges."""
+    M2, the same numbers as chained pairwise merges up to float64 rounding (sums of centred
+    moments: ``M2 = sum_g [M2_g + n_g (m_g - c)^2] - (sum_g n_g (m_g - c))^2 / n``)."""
+    weights = np.zeros(len(stack))
+    weights[np.asarray(take)] = 1.0
     sites = {}
-    for s in SITES:
-        n, m, m2 = stack.count[s][take], stack.mean[s][take], stack.m2[s][take]
-        total = n.sum()
-        shape = (-1,) + (1,) * (m.ndim - 1)
-        mean = (n.reshape(shape) * m).sum(axis=0) / total
-        dev = m - mean
-        sites[s] = RunningStats(int(round(total)), mean, m2.sum(axis=0) + (n.reshape(shape) * dev * dev).sum(axis=0))
+    for s, (c, s1, s2) in _centred(stack).items():
+        total = float(weights @ stack.count[s])
+        a, b = weights @ s1, weights @ s2
+        shape = stack.mean[s].shape[1:]
+        sites[s] = RunningStats(int(round(total)), (c + a / total).reshape(shape), np.maximum(b - a * a / total, 0.0).reshape(shape))
     return UnitStatistics(sites)
 
 
