@@ -164,6 +164,11 @@ def test_settings_are_checked_before_the_model_runs():
         validate_metadata("safespace_units", {"languages": "en,xx"})
     with pytest.raises(SettingsError, match="once"):
         validate_metadata("safespace_units", {"languages": "en,en"})
+    with pytest.raises(SettingsError, match="must be even"):
+        validate_metadata("safespace_units", {"null_groups": 7})
+    with pytest.raises(SettingsError, match="token_weighting"):
+        validate_metadata("safespace_units", {"token_weighting": "tokens"})
+    validate_metadata("safespace_units", {"token_weighting": "request", "null_permutations": 0, "null_groups": 4})
 
 
 def test_metric_table_rows_follow_the_languages():
