@@ -3,13 +3,16 @@ refusal margin on MultiJail in every language.
 
     python examples/prune_per_language.py MODEL_FOLDER --units-run RUN --out OUT
         [--sets safety,en,zh,...] [--languages en,zh,...] [--limit 100] [--batch-size 16] [--seed 0]
+        [--zero-ablate]
 
 RUN is the ``--output_path`` of a ``safespace-eval --tasks safespace_units`` run on MODEL_FOLDER (its
 merged statistics: the refusal set ``safety``, the utility set, and the MultiJail requests of every
 language ``mj_<lang>``). For each set S named in ``--sets`` the classes are computed against the same
 utility set (``safespace units mask --from-run RUN --safety-set S``, default shares RU 10 % / SCU 1 % /
-UCU 10 %), and S's SCUs are zeroed (``prune_model``, no bias compensation). Beside them: the unpruned
-model and random units holding as many parameters as the English SCUs (seeded).
+UCU 10 %), and S's SCUs are mean-ablated (zeroed, their mean input over the run's safety and utility
+sets added back through their outgoing weights as a bias: :func:`safespace_tasks.ablation.ablate`;
+``--zero-ablate``: zeroed only). Beside them: the unpruned model and random units holding as many
+parameters as the English SCUs (seeded).
 
 Each variant is measured through the harness, in this process (``lm_eval.simple_evaluate`` on the
 pruned model in memory, ``--apply_chat_template``): the refusal margin (``safespace-refusal-margin-<lang>``:
@@ -37,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prune_safety_units import random_mask  # noqa: E402
 
 from safespace_tasks.data import MULTIJAIL_LANGUAGES, multijail_rows  # noqa: E402
-from safespace_tasks.unit_masks import UnitMask, load_unit_stats, prune_model  # noqa: E402
+from safespace_tasks.ablation import ablate, add_output_biases, calibration_means  # noqa: E402
+from safespace_tasks.unit_masks import UnitMask, check_mask, load_unit_stats  # noqa: E402
 from safespace_tasks.units import ClassSettings, analyse, jaccard, scu_ids  # noqa: E402
 
 
@@ -111,6 +115,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="the random units' draw")
     ap.add_argument("--data-dir", default=os.environ.get("SAFESPACE_DATA_DIR"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--zero-ablate", dest="zero_ablate", action="store_true",
+                    help="zero the units only (default: mean-ablation, their calibration mean added back as a bias)")
     args = ap.parse_args(argv)
     t_start = time.time()
     out_dir = Path(args.out)
@@ -145,6 +151,12 @@ def main(argv=None) -> dict:
 
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device).eval()
+    ablation = "zero" if args.zero_ablate else "mean"
+    means = calibration_means(stats_path) if ablation == "mean" else None
+    for mask in masks.values():  # every mask was written for this model (checked before biases are added)
+        check_mask(mask, model)
+    if means is not None:
+        add_output_biases(model)  # zero biases, before the state is kept: every variant starts from them
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rand, rand_info = random_mask(masks[ref], layout.params_per_neuron, layout.params_per_head, args.seed)
     variants = [("none", None), *[(s, masks[s]) for s in wanted], (f"random ({ref} size)", rand)]
@@ -156,13 +168,14 @@ def main(argv=None) -> dict:
                      "shares": {"ru": args.ru, "scu": args.scu, "ucu": args.ucu},
                      "scu_sizes": {s: int(len(v)) for s, v in scus.items()},
                      "jaccard_with_reference": {s: jaccard(scus[ref], v) for s, v in scus.items()},
-                     "reference_set": ref, "random": rand_info,
+                     "reference_set": ref, "random": rand_info, "ablation": ablation,
                      "variants": {}, "seconds": {}}
     base = None
     for name, mask in variants:
         t0 = time.time()
         model.load_state_dict(original)
-        pruned = prune_model(model, mask, ("SCU",), check=True) if mask is not None else {"neurons": 0, "heads": 0}
+        pruned = (ablate(model, mask, ("SCU",), means, ablation, check=False) if mask is not None
+                  else {"neurons": 0, "heads": 0})
         per = margins(lm, languages, samples, args.data_dir)
         row = {"pruned": pruned, "margin": {}, "positive": {}, "change": {}, "change_stderr": {}}
         for lang in languages:
@@ -201,7 +214,8 @@ def table(results: dict) -> str:
         lines.append(f"| {label} | {row['pruned']['neurons']} / {row['pruned']['heads']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("First row: the unpruned model's refusal margin (nats); other rows: the change from it, "
-                 "paired over the same held-out requests (± one standard error).")
+                 "paired over the same held-out requests (± one standard error); "
+                 f"{results.get('ablation', 'zero')}-ablation.")
     return "\n".join(lines) + "\n"
 
 

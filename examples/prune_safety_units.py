@@ -3,14 +3,17 @@ redundant units (RU) of a model, and measure refusal and utility of each variant
 
     python examples/prune_safety_units.py MODEL_FOLDER --out runs/prune [--n-calib 128]
         [--n-requests 100] [--max-new-tokens 64] [--n-ppl 100] [--scu 0.01] [--ru 0.10] [--seed 0]
+        [--zero-ablate]
 
 Steps (all on CPU unless --device says otherwise):
 1. unit statistics of MODEL_FOLDER on the safety and utility calibration sets (the machinery of
    ``safespace units stats``: AdvBench rows 100+ with refusals, Alpaca seed tasks, response tokens,
    chat template), then the classes (``safespace units mask``);
 2. variants: the unpruned model; SCUs zeroed; random units zeroed (seeded, drawn until they hold at
-   least as many parameters as the SCUs); RUs zeroed (pruning as ``safespace units prune``, no bias
-   compensation);
+   least as many parameters as the SCUs); RUs zeroed. Ablation as ``safespace units prune``: by
+   default mean-ablation (the units zeroed, their mean input over both calibration sets added back
+   through their outgoing weights as a bias: the method's causal check); ``--zero-ablate`` zeroes
+   them only;
 3. per variant: greedy replies (chat template, ``--max-new-tokens``) to AdvBench rows 0-99 judged by
    :mod:`safespace_tasks.refusal` (refusal rate, attack success, degeneration), and perplexity on
    held-out neutral English text (the last ``--n-ppl`` non-toxic rows of
@@ -33,9 +36,10 @@ import numpy as np
 import torch
 
 from safespace_tasks import units_cli
+from safespace_tasks.ablation import ablate, calibration_means
 from safespace_tasks.data import advbench_rows, alpaca_seed_rows, resolve_data_dir
 from safespace_tasks.refusal import summarize_replies
-from safespace_tasks.unit_masks import UnitMask, load_mask, load_unit_stats, prune_model
+from safespace_tasks.unit_masks import UnitMask, load_mask, load_unit_stats
 from safespace_tasks.units import CLASSES
 
 VARIANTS = ("none", "SCU", "random", "RU")
@@ -72,17 +76,18 @@ def random_mask(mask: UnitMask, params_per_neuron: float, params_per_head: float
     return out, info
 
 
-def load_variant(model_path: str, variant: str, mask: UnitMask, rand: UnitMask, dtype=torch.float32):
+def load_variant(model_path: str, variant: str, mask: UnitMask, rand: UnitMask, dtype=torch.float32,
+                 means: dict | None = None, ablation: str = "mean"):
+    """The model with ``variant``'s units ablated: ``mean`` (default; needs ``means``, the calibration
+    means of :func:`safespace_tasks.ablation.calibration_means`) or ``zero``."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
     pruned = {"neurons": 0, "heads": 0, "kv_groups": 0}
-    if variant == "SCU":
-        pruned = prune_model(model, mask, ("SCU",))
-    elif variant == "random":
-        pruned = prune_model(model, rand, ("SCU",))
-    elif variant == "RU":
-        pruned = prune_model(model, mask, ("RU",))
+    chosen = {"SCU": (mask, "SCU"), "random": (rand, "SCU"), "RU": (mask, "RU")}
+    if variant in chosen:
+        used, cls = chosen[variant]
+        pruned = ablate(model, used, (cls,), means, ablation)
     elif variant != "none":
         raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     return model, pruned
@@ -140,7 +145,7 @@ def heldout_alpaca(tok, root: Path, n_calib: int, seed: int) -> list[tuple[str, 
 def table(results: dict) -> str:
     head = ("| variant | units pruned (neurons / heads) | refusal | refusal (cue judge) | attack success "
             "| coherent attack success | degenerate | ppl neutral en | ppl Alpaca held-out |")
-    lines = [head, "|" + "---|" * 9]
+    lines = [f"{results.get('ablation', 'zero')}-ablation", "", head, "|" + "---|" * 9]
     for name, r in results["variants"].items():
         j = r["judge"]
         cue = f"{j['refusal_rate_cue']:.0%}" if "refusal_rate_cue" in j else "–"
@@ -165,6 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--zero-ablate", dest="zero_ablate", action="store_true",
+                   help="zero the units only (default: mean-ablation, their calibration mean added back as a bias)")
     return p.parse_args(argv)
 
 
@@ -187,11 +194,13 @@ def main(argv=None) -> dict:
     mask = load_mask(out / "mask.safetensors")
     _, layout, _ = load_unit_stats(out / "unit_stats.safetensors")
     rand, rand_info = random_mask(mask, layout.params_per_neuron, layout.params_per_head, args.seed)
+    ablation = "zero" if args.zero_ablate else "mean"
+    means = calibration_means(out / "unit_stats.safetensors") if ablation == "mean" else None
     tok = AutoTokenizer.from_pretrained(args.model)
     requests = [r["goal"] for r in advbench_rows(root)[: args.n_requests]]
     neutral = [("", t) for t in neutral_english(root, args.n_ppl)]
     alpaca = heldout_alpaca(tok, root, args.n_calib, args.seed)
-    results = {"model": args.model, "settings": vars(args), "random_units": rand_info,
+    results = {"model": args.model, "settings": vars(args), "ablation": ablation, "random_units": rand_info,
                "mask_counts": mask.counts(), "seconds_units": round(t_units, 1),
                "data": {"advbench": f"rows 0-{args.n_requests - 1}", "neutral_en": f"last {len(neutral)} non-toxic rows "
                         "of multilingual_toxicity_dataset/en.jsonl", "alpaca_heldout": f"{len(alpaca)} tasks not sampled "
@@ -199,7 +208,7 @@ def main(argv=None) -> dict:
                "variants": {}}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         t = time.perf_counter()
-        model, pruned = load_variant(args.model, variant, mask, rand)
+        model, pruned = load_variant(args.model, variant, mask, rand, means=means, ablation=ablation)
         replies = generate(model, tok, requests, args.max_new_tokens, args.batch_size)
         results["variants"][variant] = {
             "pruned": pruned, "judge": summarize_replies(replies),

@@ -285,6 +285,34 @@ def units_language_pairs(languages) -> list[tuple[str, str]]:
     user listed them in. Unknown languages are left out."""
     chosen = [lang for lang in UNITS_LANGUAGES if lang in set(languages)]
     return [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]]
+def _units_null_rows() -> tuple[MetricSpec, ...]:
+    """The shared-utility null of every overlap (safespace_tasks.unit_nulls) and the split halves
+    with independent utility halves."""
+    rows = []
+    for name in ("safety", "en"):
+        rows += [
+            MetricSpec(f"split_half_own_utility_{name}", True, f"split-half SCU Jaccard, own utility halves ({name})",
+                       "Jaccard", _U, "SCUs of half h of the set against half h of the utility set (no shared "
+                       "utility sample)", family_mean=False),
+            MetricSpec(f"split_half_own_utility_random_{name}", False, f"random-set Jaccard (own-utility halves, {name})",
+                       "Jaccard", _U, family_mean=False),
+        ]
+    pairs = [f"safety_{lang}" for lang in UNITS_LANGUAGES]
+    pairs += [f"{a}_{b}" for i, a in enumerate(UNITS_LANGUAGES) for b in UNITS_LANGUAGES[i + 1:]]
+    for pair in pairs:
+        a, b = pair.split("_")
+        rows += [
+            MetricSpec(f"jaccard_null_{pair}", False, f"shared-utility null Jaccard {a} / {b}", "Jaccard", _U,
+                       "mean SCU Jaccard when the two sets' requests are re-dealt between them (same utility set)",
+                       family_mean=False),
+            MetricSpec(f"jaccard_p_{pair}", False, f"overlap p-value {a} / {b}", "p-value", _U,
+                       "permutation p-value that the SCU sets overlap less than re-dealt requests' do (small: "
+                       "set-specific SCUs)", family_mean=False),
+        ]
+    return tuple(rows)
+
+
+METRICS = METRICS + _units_null_rows()
 
 
 def units_metric_applies(metric: str, languages) -> bool:
@@ -294,7 +322,7 @@ def units_metric_applies(metric: str, languages) -> bool:
     if metric.startswith("jaccard_"):
         named = [p for p in metric.split("_")[1:] if p in UNITS_LANGUAGES]
         return all(p in langs for p in named)
-    if metric in ("split_half_en", "split_half_random_en"):
+    if metric in ("split_half_en", "split_half_random_en", "split_half_own_utility_en", "split_half_own_utility_random_en"):
         return "en" in langs
     return True
 

@@ -8,8 +8,10 @@
     safespace units mask --from-run RESULTS_DIR --out mask.safetensors [--safety-set mj_th]
         the same from a finished ``safespace-eval --tasks safespace_units`` run
         classes RU/SCU/UCU/CU with their parameter and unit shares (JSON on stdout, beside the mask)
-    safespace units prune --model PATH --mask mask.safetensors --out DIR [--classes SCU] [--compensate]
-        an ordinary model folder with the chosen classes zeroed, loadable by ``--model hf``
+    safespace units prune --model PATH --mask mask.safetensors --out DIR [--classes SCU] [--zero-ablate]
+        an ordinary model folder with the chosen classes mean-ablated (zeroed, their calibration mean
+        added back through the outgoing weights as a bias; ``--zero-ablate``: zeroed only), loadable
+        by ``--model hf``
     safespace units compare --from-run BASE_RUN --to-run ALIGNED_RUN [--out compare.json]
         two ``safespace_units`` runs of models with the same architecture (a base model and its
         fine-tuned twin): per set (refusals, each MultiJail language), the Jaccard of the two SCU sets
@@ -102,9 +104,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="mask file written by `safespace units mask` for this model's weights (.safetensors)")
     pp.add_argument("--out", required=True, help="folder of the pruned model")
     pp.add_argument("--classes", default="SCU", help="comma-separated classes to prune (default SCU)")
-    pp.add_argument("--compensate", action="store_true",
-                    help="add the pruned channels' mean input through their outgoing weights as a bias (needs --stats)")
-    pp.add_argument("--stats", default=None, help="statistics file whose pooled means feed --compensate")
+    abl = pp.add_mutually_exclusive_group()
+    abl.add_argument("--compensate", action="store_true",
+                     help="mean-ablation (the default, kept for old command lines): add the pruned channels' mean "
+                          "input through their outgoing weights as a bias")
+    abl.add_argument("--zero-ablate", dest="zero_ablate", action="store_true",
+                     help="zero-ablation: zero the units only, no mean added back (the variant)")
+    pp.add_argument("--stats", default=None,
+                    help="statistics file whose pooled safety + utility means mean-ablation adds back (default: the "
+                         "file the mask was computed from, as its metadata names it)")
 
 
     cp = sub.add_parser("compare", help="how the unit classes move between two models of one architecture",
@@ -268,8 +276,22 @@ def mask_main(args) -> int:
     return 0
 
 
+def prune_stats_file(args) -> str:
+    """The statistics file mean-ablation takes its means from: --stats, else the mask's own source."""
+    from safespace_tasks.unit_masks import MaskError, load_mask
+
+    if args.stats:
+        return args.stats
+    named = load_mask(args.mask).metadata.get("stats_file")
+    if named and Path(named).is_file():
+        return str(named)
+    raise MaskError(f"mean-ablation (the default) needs the calibration statistics, and the mask names none that "
+                    f"exists ({named!r}): pass --stats DIR/unit_stats.safetensors, or --zero-ablate to zero the units only.")
+
+
 def prune_main(args) -> int:
-    from safespace_tasks.unit_masks import load_mask, load_unit_stats, write_pruned_checkpoint
+    from safespace_tasks.ablation import calibration_means
+    from safespace_tasks.unit_masks import load_mask, write_pruned_checkpoint
     from safespace_tasks.units import CLASSES
 
     classes = tuple(c.strip().upper() for c in args.classes.split(",") if c.strip())
@@ -278,18 +300,15 @@ def prune_main(args) -> int:
         raise SystemExit(f"safespace units prune: unknown classes {bad or args.classes!r}; choose from {', '.join(CLASSES)}.")
     check_model_folder(args.model)
     means = None
-    if args.compensate:
-        if not args.stats:
-            raise SystemExit("safespace units prune: --compensate needs --stats (the file whose mean inputs it adds back).")
-        sets, _, _ = load_unit_stats(args.stats)
-        pooled = sets["safety"].merge(sets["utility"])
-        means = {site: pooled.sites[site].mean for site in ("mlp", "attn")}
     load_mask(args.mask)  # a missing or unreadable mask ends here, before the model loads
+    if not args.zero_ablate:
+        means = calibration_means(prune_stats_file(args))
     try:
         info = write_pruned_checkpoint(args.model, args.mask, args.out, classes, means)
     except OSError as err:
         raise _load_error(args.model, err) from err
-    print(json.dumps({"out": str(args.out), "pruned": info["pruned"], "compensated": info["compensated"]}, indent=2))
+    print(json.dumps({"out": str(args.out), "pruned": info["pruned"], "compensated": info["compensated"],
+                      "ablation": "mean" if info["compensated"] else "zero"}, indent=2))
     return 0
 
 

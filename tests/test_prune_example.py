@@ -44,6 +44,7 @@ def test_the_script_writes_every_variant(run):
     assert saved["variants"]["none"]["pruned"] == {"neurons": 0, "heads": 0, "kv_groups": 0}
     assert saved["variants"]["SCU"]["pruned"]["neurons"] + saved["variants"]["SCU"]["pruned"]["heads"] > 0
     assert saved["random_units"]["params"] >= saved["random_units"]["scu_params"] > 0
+    assert saved["ablation"] == "mean" and saved["variants"]["SCU"]["pruned"]["ablation"] == "mean"  # the default
 
 
 def _allowed(model, sel_mlp: np.ndarray, sel_attn: np.ndarray) -> dict[str, torch.Tensor]:
@@ -78,7 +79,7 @@ def test_pruned_variants_differ_from_the_parent_only_in_their_units(run, tiny_mo
     _, layout, _ = load_unit_stats(out / "unit_stats.safetensors")
     rand, _ = mod.random_mask(mask, layout.params_per_neuron, layout.params_per_head, seed=0)
     parent, _ = mod.load_variant(str(tiny_model), "none", mask, rand)
-    child, _ = mod.load_variant(str(tiny_model), variant, mask, rand)
+    child, _ = mod.load_variant(str(tiny_model), variant, mask, rand, ablation="zero")
     used, cls = {"SCU": (mask, "SCU"), "random": (rand, "SCU"), "RU": (mask, "RU")}[variant]
     sel_mlp, sel_attn = used.selected((cls,))
     assert sel_mlp.sum() + sel_attn.sum() > 0
@@ -91,6 +92,18 @@ def test_pruned_variants_differ_from_the_parent_only_in_their_units(run, tiny_mo
         assert (cp[name].detach()[allowed[name]] == 0).all(), f"{variant}: {name} has a pruned entry that is not zero"
         changed_any |= bool(diff.any())
     assert changed_any
+    # mean-ablation (the default): the same weights, plus output-projection biases that carry the units' mean
+    from safespace_tasks.ablation import calibration_means
+
+    means = calibration_means(out / "unit_stats.safetensors")
+    child, info = mod.load_variant(str(tiny_model), variant, mask, rand, means=means)
+    assert info["ablation"] == "mean"
+    zero_cp, cp = cp, dict(child.named_parameters())
+    for name in pp:  # every weight as zero-ablation leaves it
+        assert torch.equal(cp[name].detach(), zero_cp[name].detach()), name
+    extra = sorted(set(cp) - set(pp))
+    assert extra and all(n.endswith(("down_proj.bias", "o_proj.bias")) for n in extra)
+    assert any(torch.count_nonzero(cp[n]) > 0 for n in extra)
 
 
 def test_random_units_are_seeded_and_match_the_scu_budget(run):

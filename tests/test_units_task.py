@@ -164,6 +164,11 @@ def test_settings_are_checked_before_the_model_runs():
         validate_metadata("safespace_units", {"languages": "en,xx"})
     with pytest.raises(SettingsError, match="once"):
         validate_metadata("safespace_units", {"languages": "en,en"})
+    with pytest.raises(SettingsError, match="must be even"):
+        validate_metadata("safespace_units", {"null_groups": 7})
+    with pytest.raises(SettingsError, match="token_weighting"):
+        validate_metadata("safespace_units", {"token_weighting": "tokens"})
+    validate_metadata("safespace_units", {"token_weighting": "request", "null_permutations": 0, "null_groups": 4})
 
 
 def test_metric_table_rows_follow_the_languages():
@@ -289,3 +294,93 @@ def test_compare_two_runs(units_run, tmp_path, capsys):
     bad = save_unit_stats(tmp_path / "c" / "s.safetensors", sets, dataclasses.replace(layout, model_class="OtherForCausalLM"), {})
     with pytest.raises(MaskError, match="different unit layouts"):
         units_cli.compare_runs(stats, bad)
+
+
+def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tiny_model_long):
+    """The run's ``jaccard_null_*`` / ``jaccard_p_*`` and own-utility split halves equal
+    :mod:`safespace_tasks.unit_nulls` on per-group statistics computed here with plain hooks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from safespace_tasks.capture import unit_layout
+    from safespace_tasks.unit_nulls import overlap_null, split_half_own_utility
+
+    _, results, samples = units_run
+    row = results["results"]["safespace-units"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_long, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_long)
+    groups: dict[tuple[str, int], list[UnitStatistics]] = {}
+    ids: dict[tuple[str, int], set[int]] = {}
+    wanted = {"safety", "utility", "en", "th", "zh"}
+    for s in samples:
+        doc = s["doc"]
+        if doc["set"] in wanted:
+            groups.setdefault((doc["set"], doc["group"]), []).append(_direct_stats(model, tok, doc))
+            ids.setdefault((doc["set"], doc["group"]), set()).add(doc["id"])
+    assert all(ids[("en", g)] == ids[("th", g)] for n, g in ids if n == "en")  # the same requests group by group
+    merged = {k: merge_all(v) for k, v in groups.items()}
+    of = lambda name: [merged[k] for k in sorted(merged) if k[0] == name]  # noqa: E731
+    layout = unit_layout(model)
+    cs = ClassSettings()
+    z_u = unit_scores(merge_all(of("utility")), layout)
+    for a, b, paired in (("en", "th", True), ("zh", "th", True), ("safety", "th", False)):
+        res = overlap_null(of(a), of(b), z_u, layout, cs, n_perm=128, seed=1234, paired=paired)
+        name = f"{a}_{b}"
+        assert row[f"jaccard_null_{name},none"] == pytest.approx(res["null"])
+        assert row[f"jaccard_p_{name},none"] == pytest.approx(res["p"])
+        assert 0 < res["p"] <= 1 and res["exhaustive"] == paired
+        if a != "safety":
+            assert row[f"jaccard_{name},none"] == pytest.approx(res["jaccard"])
+    half = lambda name, h: merge_all([merged[k] for k in sorted(merged) if k[0] == name and (k[1] >= 4) == h])  # noqa: E731
+    for name in ("safety", "en"):
+        res = split_half_own_utility([half(name, 0), half(name, 1)], [half("utility", 0), half("utility", 1)], layout, cs)
+        assert row[f"split_half_own_utility_{name},none"] == pytest.approx(res["jaccard"])
+    assert row["jaccard_p_en_zh,none"] > 0 and "jaccard_null_safety_en,none" in row
+
+
+def test_request_weighting_gives_each_request_equal_weight(mirror):
+    """``token_weighting: request``: the classes come from equal-weight moments, computed here with numpy
+    from the same per-request token activations (no model: statistics fed to the task directly)."""
+    from safespace_tasks.harness.units_task import SafetyUnitsTask
+    from safespace_tasks.units import UnitLayout
+
+    import dataclasses
+
+    results = {}
+    rng = np.random.default_rng(5)
+    acts: dict[int, dict[str, np.ndarray]] = {}
+    meta = {"data_dir": str(mirror), "n_samples": 6, "languages": "en", "ru": 0.2, "scu": 0.2, "ucu": 0.2,
+            "null_permutations": 0}
+    task = SafetyUnitsTask(config={"task": "safespace-units", "dataset_path": "safespace/units", "test_split": "units",
+                                   "doc_to_text": "request", "doc_to_target": "response", "metadata": meta})
+    assert task.settings.token_weighting == "token"  # the default
+    docs = list(task.test_docs())
+    for weighting in ("token", "request"):
+        task.settings = dataclasses.replace(task.settings, token_weighting=weighting)
+        task._acc = type(task._acc)()
+        layout = UnitLayout(2, 6, 2, 2, np.ones((2, 6)), np.ones((2, 4)), 3.0, 4.0)
+        items = []
+        for i, doc in enumerate(docs):
+            key = (doc["set"], doc["id"])
+            if key not in acts:  # lengths 1..40 tokens: pooled over tokens, the long requests dominate
+                t = int(rng.integers(1, 40))
+                acts[key] = {"mlp": rng.normal(size=(t, 2, 6)) * rng.uniform(0.2, 3, (1, 2, 6)),
+                             "attn": rng.normal(size=(t, 2, 4)) * rng.uniform(0.2, 3)}
+            st = UnitStatistics({s: RunningStats.of(a) for s, a in acts[key].items()})
+            answer = [st, {"layout": layout}] if i == 0 else [st]
+            items.append(task.item_of(doc, answer))
+        task.compute(items)
+        results[weighting] = task._pending
+    for weighting, pending in results.items():
+        for name in ("safety", "utility"):
+            xs = [a for (s, _), a in acts.items() if s == name]
+            for site in ("mlp", "attn"):
+                if weighting == "token":
+                    tokens = np.concatenate([x[site] for x in xs])
+                    expect = tokens.var(axis=0)
+                else:
+                    m = np.stack([x[site].mean(axis=0) for x in xs])
+                    v = np.stack([x[site].var(axis=0) for x in xs])
+                    expect = v.mean(axis=0) + ((m - m.mean(axis=0)) ** 2).mean(axis=0)
+                np.testing.assert_allclose(pending["sets"][name].sites[site].variance(), expect, rtol=1e-9)
+    assert results["request"]["summary"]["token_weighting"] == "request"
+    assert not np.array_equal(results["token"]["arrays"]["arrays.z_safety"], results["request"]["arrays"]["arrays.z_safety"])

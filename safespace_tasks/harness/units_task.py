@@ -40,6 +40,7 @@ from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
 from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
 from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
+from safespace_tasks.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
 from safespace_tasks.units import (
     ClassSettings,
     UnitLayout,
@@ -80,7 +81,14 @@ class UnitsSettings(TaskSettings):
         yardstick of the language comparison.
     save_units_dir: also write the statistics and arrays there (the results folder gets them with
         ``--output_path``).
-    seed: draws the samples and the split halves. Also: strict, data_dir.
+    token_weighting: ``token`` (variances pool over all scored tokens, so a long request weighs
+        more) or ``request`` (each request weighs the same: its mean and within-request variance
+        combined with equal weights, :func:`safespace_tasks.unit_nulls.equal_weight`).
+    null_groups: each set's docs are dealt into this many groups (even; nested in the halves) whose
+        statistics the overlap null re-deals (:mod:`safespace_tasks.unit_nulls`).
+    null_permutations: re-deals per pair for the null (0: no null); a paired pair of MultiJail
+        languages with 2^(null_groups-1) <= this number is enumerated exhaustively.
+    seed: draws the samples, the split halves and the groups. Also: strict, data_dir.
     """
 
     ru: float = setting(0.10, kind=float, minimum=0.0, maximum=1.0)
@@ -90,9 +98,15 @@ class UnitsSettings(TaskSettings):
     chat_template: bool = setting(True, kind=bool)
     languages: str = setting(",".join(data_mod.MULTIJAIL_LANGUAGES), kind=str)
     save_units_dir: str | None = setting(None, kind=str, optional=True)
+    token_weighting: str = setting("token", kind=str, choices=("token", "request"))
+    null_groups: int = setting(8, kind=int, minimum=2, maximum=64)
+    null_permutations: int = setting(128, kind=int, minimum=0, maximum=100000)
 
     def check(self) -> None:
         ClassSettings(ru=self.ru, scu=self.scu, ucu=self.ucu)  # shares that sum above 1: an error
+        if self.null_groups % 2:
+            raise SettingsError(f"setting null_groups={self.null_groups} must be even (the groups nest in the two "
+                                "halves of each set); pick e.g. 8.")
         langs = self.language_list()
         bad = [x for x in langs if x not in data_mod.MULTIJAIL_LANGUAGES]
         if bad or not langs or len(set(langs)) != len(langs):
@@ -190,12 +204,16 @@ class SafetyUnitsTask(CorpusTask):
         # MultiJail holds the same requests in every language in the same row order: the same seed
         # draws the same requests in each language
         picked = [usable[i] for i in _sample(len(usable), s.n_samples, s.seed, source)]
-        halves = _halves(len(picked), s.seed) if language in (SAFETY, "en") else np.full(len(picked), -1)
+        halves = _halves(len(picked), s.seed)
+        # groups nest in the halves and depend only on the sample size and seed: MultiJail languages
+        # (the same request ids) get the same requests in the same groups, for the paired null
+        group = group_ids(halves, s.null_groups, s.seed)
         docs = []
-        for pos, (i, half) in enumerate(zip(picked, halves)):
+        for pos, (i, half, g) in enumerate(zip(picked, halves, group)):
             req, resp = pairs[i]
             docs.append({"id": int(i), "set": language, "request": str(req), "response": "" if resp is None else str(resp),
-                         "tokens": "prompt" if resp is None else "response", "half": int(half)})
+                         "tokens": "prompt" if resp is None else "response",
+                         "half": int(half) if language in (SAFETY, UTILITY, "en") else -1, "group": int(g)})
         return docs, report
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None, **kwargs) -> None:
@@ -249,7 +267,9 @@ class SafetyUnitsTask(CorpusTask):
         if len(results) > 1:
             self._acc.layout = results[1]
         language = doc.get("language") or doc["set"]
-        self._acc.add((language, int(doc["half"])), int(doc["id"]), stats)
+        if self.settings.token_weighting == "request":
+            stats = equal_weight(stats)
+        self._acc.add((language, int(doc["group"])), int(doc["id"]), stats)
         return Item(doc["id"], response=self._acc, language=language)
 
     # ------------------------------------------------------------------ the analysis
@@ -276,6 +296,7 @@ class SafetyUnitsTask(CorpusTask):
         if layout is None:
             raise UnitsError("no unit_layout answer reached the aggregation (the first doc carries it); "
                              "run without --samples that leave out doc 0.")
+        self._group_keys = keys
         return {g: merge_all(v) for g, v in merged.items()}, layout
 
     def compute(self, items: list[Item]) -> Analysis:
@@ -305,8 +326,14 @@ class SafetyUnitsTask(CorpusTask):
         values["n_scu"] = float(len(scu_safety))
         values["n_truncated"] = float(sum(s.truncated for s in sets.values()))
 
+        n_groups = self.settings.null_groups
+
+        def half_stats(name: str, h: int) -> UnitStatistics | None:
+            parts = [groups[g] for g in sorted(groups) if g[0] == name and int(g[1] >= n_groups // 2) == h]
+            return merge_all(parts) if parts else None
+
         def split_half(name: str) -> dict[str, Any]:
-            halves = [groups.get((name, h)) for h in (0, 1)]
+            halves = [half_stats(name, h) for h in (0, 1)]
             if any(h is None or h.count == 0 for h in halves):
                 return {"jaccard": float("nan"), "expected_random": float("nan"), "sizes": None,
                         "error": f"a half of {name} has no docs"}
@@ -351,11 +378,13 @@ class SafetyUnitsTask(CorpusTask):
             split["en"] = split_half("en")
             values["split_half_en"] = split["en"]["jaccard"]
             values["split_half_random_en"] = split["en"]["expected_random"]
+        nulls = self._nulls(groups, z_u, layout, cs, list(scu_sets), half_stats, values)
         values = {k: float(v) for k, v in values.items() if k in self._metric_names}
 
         summary = {k: v for k, v in res.items() if k != "arrays"}
         summary.update(
-            split_half=split, overlap=overlap, language_errors=lang_errors,
+            split_half=split, overlap=overlap, language_errors=lang_errors, overlap_null=nulls,
+            token_weighting=self.settings.token_weighting,
             scu_per_language={l: int(len(v)) for l, v in scu_sets.items()},
             scu_share_mlp_per_language={l: float(np.mean(lab[res["arrays"]["kind"] == 0] == 2)) for l, lab in lang_labels.items()},
             docs={name: {"docs": st.n_docs, "scored_tokens": st.count, "truncated": st.truncated} for name, st in sets.items()},
@@ -368,10 +397,10 @@ class SafetyUnitsTask(CorpusTask):
                         self.config.task)
         stats_sets = {SAFETY: sets[SAFETY], UTILITY: sets[UTILITY]}
         for h in (0, 1):
-            if (SAFETY, h) in groups:
-                stats_sets[f"{SAFETY}_half{h}"] = groups[(SAFETY, h)]
-            if ("en", h) in groups:
-                stats_sets[f"mj_en_half{h}"] = groups[("en", h)]
+            for name, key in ((SAFETY, f"{SAFETY}_half{h}"), (UTILITY, f"{UTILITY}_half{h}"), ("en", f"mj_en_half{h}")):
+                part = half_stats(name, h)
+                if part is not None:
+                    stats_sets[key] = part
         for lang in langs:
             if lang in sets:
                 stats_sets[f"mj_{lang}"] = sets[lang]
@@ -382,6 +411,52 @@ class SafetyUnitsTask(CorpusTask):
         self._pending = {"sets": stats_sets, "layout": layout, "arrays": arrays, "summary": summary, "answer": answer}
         return Analysis(values=values, details={"units": {k: summary[k] for k in ("shares", "per_type", "split_half",
                                                                                    "scu_per_language", "docs")}})
+
+    def _nulls(self, groups: dict[tuple[str, int], UnitStatistics], z_u: np.ndarray, layout: UnitLayout,
+               cs: ClassSettings, langs: list[str], half_stats, values: dict[str, float]) -> dict[str, Any]:
+        """The shared-utility nulls (:mod:`safespace_tasks.unit_nulls`) of every language pair and of
+        the safety set against each language, and the split halves with their own utility halves.
+        Fills ``values`` (``jaccard_null_*``, ``jaccard_p_*``, ``split_half_own_utility_*``); returns
+        the details for the summary. Pairs are named in MultiJail's order, whatever the setting's."""
+        out: dict[str, Any] = {"pairs": {}, "split_half_own_utility": {}, "errors": {}}
+        u_halves = [half_stats(UTILITY, h) for h in (0, 1)]
+        for name in (SAFETY, "en"):
+            if name != SAFETY and name not in langs:
+                continue
+            halves = [half_stats(name, h) for h in (0, 1)]
+            key = f"split_half_own_utility_{name}"
+            if any(h is None or h.count == 0 for h in halves + u_halves):
+                values[key] = float("nan")
+                out["errors"][key] = "a half of the set or of the utility set has no scored tokens"
+                continue
+            res = split_half_own_utility(halves, u_halves, layout, cs)
+            out["split_half_own_utility"][name] = res
+            values[key] = res["jaccard"]
+            values[f"split_half_own_utility_random_{name}"] = res["expected_random"]
+        n_perm = self.settings.null_permutations
+        if n_perm == 0:
+            return out
+        order = [l for l in data_mod.MULTIJAIL_LANGUAGES if l in langs]
+        keys_of = {name: {g[1]: self._group_keys.get(g, set()) for g in groups if g[0] == name} for name in [SAFETY] + order}
+        pairs = [(SAFETY, l) for l in order] + [(a, b) for i, a in enumerate(order) for b in order[i + 1:]]
+        for a, b in pairs:
+            ga = [groups[(a, g)] for g in sorted(keys_of[a])]
+            gb = [groups[(b, g)] for g in sorted(keys_of[b])]
+            # paired when both sets hold the same request ids group by group (MultiJail translations)
+            paired = (a != SAFETY and sorted(keys_of[a]) == sorted(keys_of[b])
+                      and all(keys_of[a][g] == keys_of[b][g] for g in keys_of[a])
+                      and all(x.count > 0 for x in ga + gb))
+            name = f"safety_{b}" if a == SAFETY else f"{a}_{b}"
+            try:
+                res = overlap_null(ga, gb, z_u, layout, cs, n_perm=n_perm, seed=self.settings.seed, paired=paired)
+            except UnitsError as err:
+                out["errors"][name] = str(err)
+                values[f"jaccard_null_{name}"] = values[f"jaccard_p_{name}"] = float("nan")
+                continue
+            out["pairs"][name] = res
+            values[f"jaccard_null_{name}"] = res["null"]
+            values[f"jaccard_p_{name}"] = res["p"]
+        return out
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
         pending = getattr(self, "_pending", None)
