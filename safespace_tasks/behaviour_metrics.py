@@ -176,9 +176,6 @@ def _summarise(reps: dict[str, np.ndarray], ci_level: float) -> tuple[dict[str, 
 # --------------------------------------------------------------------------- AUROC
 
 
-_weighted_auroc = resampling.weighted_auroc  # (scores, labels, W): the one argument order
-
-
 def auroc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve of ``scores`` (higher = more likely label 1) for 0/1 ``labels``.
 
@@ -197,7 +194,7 @@ def auroc(scores: Any, labels: Any) -> float:
             f"AUROC needs both classes; got {counts[0]} non-toxic and {counts[1]} toxic items. "
             "Use more data (a larger --limit keeps both classes: docs are in stratified order)."
         )
-    return float(_weighted_auroc(s, y, np.ones((s.shape[0], 1)))[0])
+    return float(resampling.weighted_auroc(s, y, np.ones((s.shape[0], 1)))[0])
 
 
 def binary_quality(p_toxic: Any, labels: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
@@ -394,7 +391,7 @@ def recognition_scores(
     values = {
         "acc": float(correct.mean()),
         "yes_rate": float(yes.mean()),
-        "auroc": float(_weighted_auroc(m, y, np.ones((m.size, 1)))[0]) if both else float("nan"),
+        "auroc": float(resampling.weighted_auroc(m, y, np.ones((m.size, 1)))[0]) if both else float("nan"),
     }
     counts = {"n_texts": int(m.size), "n_toxic": int(counts_y[1]), "n_nontoxic": int(counts_y[0])}
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
@@ -402,6 +399,6 @@ def recognition_scores(
         W = bootstrap_weights(m.size, int(n_boot), seed, strata=_usable_strata(y))
         reps = {"acc": _weighted_means(correct, W), "yes_rate": _weighted_means(yes, W)}
         if both:
-            reps["auroc"] = _weighted_auroc(m, y, W)
+            reps["auroc"] = resampling.weighted_auroc(m, y, W)
         result.stderr, result.ci = _summarise(reps, ci_level)
     return result

@@ -765,11 +765,6 @@ def _labelled_silhouette(Z: np.ndarray, Y: np.ndarray, *, chunk_rows: int = 2048
     return total / n
 
 
-def _weighted_auroc(y: np.ndarray, scores: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Deprecated spelling (labels first); use :func:`safespace_tasks.resampling.weighted_auroc`."""
-    return weighted_auroc(scores, y, W)
-
-
 # --------------------------------------------------------------------------- groups and degenerate data
 
 
