@@ -35,7 +35,9 @@ import time
 import unicodedata
 from pathlib import Path
 
-MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from safespace_tasks.data import MULTIJAIL_LANGUAGES  # noqa: E402
+
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -451,6 +453,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.stdout.reconfigure(line_buffering=True)
     main()
