@@ -155,7 +155,6 @@ def _usable_strata(labels: np.ndarray | None) -> np.ndarray | None:
     return labels if counts.min() >= 2 else None
 
 
-_weighted_means = resampling.weighted_means
 
 
 def _summarise(reps: dict[str, np.ndarray], ci_level: float) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
@@ -293,11 +292,11 @@ def continuation_toxicity(
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and maxes.size > 1:
         W = bootstrap_weights(maxes.size, int(n_boot), seed, strata=_usable_strata(labels))
-        reps = {name: _weighted_means(v, W) for name, v in per_item.items()}
+        reps = {name: resampling.weighted_means(v, W) for name, v in per_item.items()}
         for suffix, m in masks.items():
             if m.sum() > 1:  # one prompt has no spread to estimate
                 for name in ("expected_max_toxicity", "toxicity_probability"):
-                    reps[name + suffix] = _weighted_means(per_item[name][m], W[m])
+                    reps[name + suffix] = resampling.weighted_means(per_item[name][m], W[m])
         result.stderr, result.ci = _summarise(reps, ci_level)
     return result
 
@@ -350,7 +349,7 @@ def detox_scores(
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and n > 1:
         W = bootstrap_weights(n, int(n_boot), seed)
-        result.stderr, result.ci = _summarise({k: _weighted_means(v, W) for k, v in per_item.items()}, ci_level)
+        result.stderr, result.ci = _summarise({k: resampling.weighted_means(v, W) for k, v in per_item.items()}, ci_level)
     return result
 
 
@@ -397,7 +396,7 @@ def recognition_scores(
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and m.size > 1:
         W = bootstrap_weights(m.size, int(n_boot), seed, strata=_usable_strata(y))
-        reps = {"acc": _weighted_means(correct, W), "yes_rate": _weighted_means(yes, W)}
+        reps = {"acc": resampling.weighted_means(correct, W), "yes_rate": resampling.weighted_means(yes, W)}
         if both:
             reps["auroc"] = resampling.weighted_auroc(m, y, W)
         result.stderr, result.ci = _summarise(reps, ci_level)

@@ -85,11 +85,6 @@ class EmptyOutputError(RuntimeError):
 EMPTY_CONTINUATIONS = ("exclude", "nontoxic", "error")
 EMPTY_REWRITES = ("fail", "error")
 
-_Settings = TaskSettings
-_Item = Item
-_Analysis = Analysis
-_CorpusAggregator = CorpusAggregator
-
 
 @dataclass(frozen=True)
 class BehaviourSettings(TaskSettings):
