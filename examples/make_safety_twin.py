@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from safespace_tasks.data import MULTIJAIL_LANGUAGES  # noqa: E402
+from safespace_tasks.experiments import require_data_dir  # noqa: E402
 
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
 _NON_WORD = re.compile(r"[\W_]+")
@@ -67,16 +68,6 @@ def assert_no_overlap(train_requests, eval_requests, what: str = "AdvBench rows 
             f"{len(shared)} training request(s) also appear in {what} (normalised text), e.g. {examples}. "
             "Those rows measure refusal and must never be trained on: remove them from the training data."
         )
-
-
-def _data_dir(explicit: str | None) -> Path:
-    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
-    if not root:
-        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
-    root = Path(root)
-    if not root.is_dir():
-        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
-    return root
 
 
 def _read_jsonl(path: Path, columns: tuple[str, ...]) -> list[dict]:
@@ -378,7 +369,7 @@ def main(argv=None) -> dict:
     results_path = Path(args.results) if args.results else out / "twin_results.json"
     replies_path = (results_path.with_suffix(".replies.jsonl") if args.results else out / "twin_replies.jsonl")
     t_all = time.perf_counter()
-    data = load_data(_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
+    data = load_data(require_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
                      alpaca_repeat=args.alpaca_repeat, seed=args.seed,
                      multijail_per_language=args.multijail_per_language, languages=languages)
     eval_settings = {"new_tokens": args.new_tokens, "greedy": True, "chat_template": True,

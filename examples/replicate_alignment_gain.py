@@ -65,16 +65,6 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def _data_dir(explicit: str | None) -> Path:
-    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
-    if not root:
-        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
-    return root
-
-
 def read_paradetox_tsv(path: Path) -> list[dict]:
     """Rows of the English ParaDetox TSV: ``toxic`` and the non-empty ``neutral1..3`` (a list).
 
@@ -600,7 +590,9 @@ def main(argv=None) -> dict:
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = _data_dir(args.data_dir)
+    from safespace_tasks.experiments import require_data_dir
+
+    data_dir = require_data_dir(args.data_dir)
 
     t = time.perf_counter()
     if args.model is None:
