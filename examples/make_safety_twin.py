@@ -29,39 +29,27 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from safespace_tasks.data import MULTIJAIL_LANGUAGES  # noqa: E402
-from safespace_tasks.experiments import require_data_dir  # noqa: E402
+from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir  # noqa: E402
 
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
-_NON_WORD = re.compile(r"[\W_]+")
-
-
-class TrainEvalOverlapError(AssertionError):
-    """A training request equals (after normalisation) a request the twin is evaluated on."""
 
 
 # --------------------------------------------------------------------------------------------- data
 
-def normalise_request(text: str) -> str:
-    """NFKC, case-folded, every run of non-word characters replaced by one space, stripped."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
 def assert_no_overlap(train_requests, eval_requests, what: str = "AdvBench rows 0-99") -> None:
     """Raise :class:`TrainEvalOverlapError` if any training request equals an evaluation request.
 
-    Equality after :func:`normalise_request` (so case, punctuation and spacing do not hide a copy).
-    An explicit raise, not ``assert``: it must fire under ``python -O`` too.
+    Equality after :func:`~safespace_tasks.experiments.normalise` (so case, punctuation and spacing do
+    not hide a copy). An explicit raise, not ``assert``: it must fire under ``python -O`` too.
     """
-    train = {normalise_request(t): t for t in train_requests}
-    shared = sorted({normalise_request(e) for e in eval_requests} & set(train))
+    train = {normalise(t): t for t in train_requests}
+    shared = sorted({normalise(e) for e in eval_requests} & set(train))
     if shared:
         examples = "; ".join(repr(train[s]) for s in shared[:3])
         raise TrainEvalOverlapError(

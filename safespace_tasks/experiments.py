@@ -1,18 +1,23 @@
 """Helpers the example scripts share (``examples/``), so that each does not re-implement them.
 
-Imports neither torch nor lm-eval. Today: the data mirror a script needs
-(:func:`require_data_dir`). Chat formatting, greedy generation and train/eval overlap checks are
-still written out in the scripts (issue 26 moves them here).
+Imports neither torch nor lm-eval. Today: the data mirror a script needs (:func:`require_data_dir`)
+and the text normalisation by which training data are checked against evaluation data
+(:func:`normalise`, :class:`TrainEvalOverlapError`). Chat formatting and greedy generation are still
+written out in the scripts (issue 26 moves them here).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from pathlib import Path
 
 from safespace_tasks.data import DATA_DIR_ENV
 
-__all__ = ["require_data_dir"]
+__all__ = ["require_data_dir", "normalise", "TrainEvalOverlapError"]
+
+_NON_WORD = re.compile(r"[\W_]+")
 
 
 def require_data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -29,3 +34,19 @@ def require_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     if not root.is_dir():
         raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
     return root
+
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, every run of non-word characters replaced by one space, stripped.
+
+    Two texts that are equal after it are the same text for an overlap check: case, punctuation and
+    spacing do not hide a copy.
+    """
+    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+class TrainEvalOverlapError(AssertionError):
+    """A training text equals (after :func:`normalise`) a text a model is evaluated on.
+
+    Raised explicitly, never by ``assert``: it must fire under ``python -O`` too.
+    """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from safespace_tasks.experiments import require_data_dir
+from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir
 
 
 def test_the_data_folder_is_the_argument_else_the_environment(tmp_path, monkeypatch):
@@ -21,3 +21,9 @@ def test_a_script_without_a_data_folder_stops_with_the_fix(tmp_path, monkeypatch
         require_data_dir(None)
     with pytest.raises(SystemExit, match="does not exist"):
         require_data_dir(str(tmp_path / "missing"))
+
+
+def test_normalise_hides_case_punctuation_and_spacing():
+    assert normalise("  Hello,   WORLD!_x ") == "hello world x"
+    assert normalise("ＡＢＣ-d") == normalise("abc d")  # NFKC folds full-width letters
+    assert issubclass(TrainEvalOverlapError, AssertionError)

@@ -75,7 +75,7 @@ def test_overlap_assertion_fires_on_planted_leak(tmp_path):
 
 
 def test_normalise_and_overlap_helper():
-    assert twin.normalise_request("  Hello,   WORLD!_x ") == "hello world x"
+    assert twin.normalise("  Hello,   WORLD!_x ") == "hello world x"
     twin.assert_no_overlap(["a b"], ["a c"])
     with pytest.raises(AssertionError, match="1 training request"):
         twin.assert_no_overlap(["A-b"], ["a  b"])
