@@ -34,7 +34,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from safespace_tasks.data import MULTIJAIL_LANGUAGES  # noqa: E402
+from safespace_tasks.data import (  # noqa: E402
+    MULTIJAIL_LANGUAGES,
+    DataError,
+    advbench_rows,
+    alpaca_seed_rows,
+    multijail_rows,
+    safety_refusal_rows,
+)
 from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir  # noqa: E402
 
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
@@ -58,24 +65,6 @@ def assert_no_overlap(train_requests, eval_requests, what: str = "AdvBench rows 
         )
 
 
-def _read_jsonl(path: Path, columns: tuple[str, ...]) -> list[dict]:
-    if not path.is_file():
-        raise SystemExit(f"missing data file {path}: the data mirror must hold it (see its README)")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise SystemExit(f"{path}:{lineno} lacks column(s) {missing}; expected {list(columns)}")
-            rows.append(row)
-    if not rows:
-        raise SystemExit(f"{path} holds no rows")
-    return rows
-
-
 def alpaca_prompt(task: dict) -> str:
     """The user turn of an Alpaca seed task: the instruction, then its input (if any) after a blank line."""
     inp = (task.get("input") or "").strip()
@@ -84,9 +73,22 @@ def alpaca_prompt(task: dict) -> str:
 
 def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat: int, seed: int,
               multijail_per_language: int, languages=MULTIJAIL_LANGUAGES) -> dict:
-    """Training examples (user, assistant) and the three evaluation sets, with the overlap checks done."""
+    """Training examples (user, assistant) and the three evaluation sets, with the overlap checks done.
+
+    Reads the mirror ``root`` through :mod:`safespace_tasks.data` (a missing file or column stops the
+    script with the loader's message).
+    """
+    try:
+        return _load_data(root, n_refusals=n_refusals, n_alpaca_train=n_alpaca_train, alpaca_repeat=alpaca_repeat,
+                          seed=seed, multijail_per_language=multijail_per_language, languages=languages)
+    except DataError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat: int, seed: int,
+               multijail_per_language: int, languages) -> dict:
     rng = random.Random(seed)
-    refusal_rows = _read_jsonl(root / "safety_refusals" / "train.jsonl", ("prompt", "response"))
+    refusal_rows = safety_refusal_rows(root)
     first_refusal: dict[str, str] = {}
     for row in sorted(refusal_rows, key=lambda r: r.get("id", 0)):
         first_refusal.setdefault(row["prompt"].strip(), row["response"].strip())
@@ -96,7 +98,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
         raise SystemExit(f"--n-refusals {n_refusals} exceeds the {len(requests)} distinct requests of safety_refusals")
     requests = requests[:n_refusals]
 
-    alpaca = _read_jsonl(root / "alpaca_seed_tasks" / "seed_tasks.jsonl", ("instruction", "output"))
+    alpaca = alpaca_seed_rows(root)
     order = list(range(len(alpaca)))
     rng.shuffle(order)
     if not 0 <= n_alpaca_train < len(alpaca):
@@ -104,7 +106,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
     alpaca_train = [alpaca[i] for i in order[:n_alpaca_train]]
     alpaca_heldout = [alpaca[i] for i in sorted(order[n_alpaca_train:])]
 
-    adv = _read_jsonl(root / "advbench" / "harmful_behaviors.jsonl", ("id", "goal"))
+    adv = advbench_rows(root)
     adv_eval = sorted((r for r in adv if int(r["id"]) < ADVBENCH_EVAL_ROWS), key=lambda r: int(r["id"]))
     if [int(r["id"]) for r in adv_eval] != list(range(ADVBENCH_EVAL_ROWS)):
         raise SystemExit(f"advbench/harmful_behaviors.jsonl must hold rows 0-{ADVBENCH_EVAL_ROWS - 1} (ids)")
@@ -112,7 +114,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
 
     multijail = {}
     for lang in languages:
-        rows = _read_jsonl(root / "multijail" / f"{lang}.jsonl", ("id", "text"))
+        rows = multijail_rows(lang, root)
         rows = sorted(rows, key=lambda r: int(r["id"]))[:multijail_per_language]
         multijail[lang] = [r["text"].strip() for r in rows]
 
