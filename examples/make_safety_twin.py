@@ -42,7 +42,13 @@ from safespace_tasks.data import (  # noqa: E402
     multijail_rows,
     safety_refusal_rows,
 )
-from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir  # noqa: E402
+from safespace_tasks.experiments import (  # noqa: E402
+    TrainEvalOverlapError,
+    chat_prompt,
+    generate_replies,
+    normalise,
+    require_data_dir,
+)
 
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
 
@@ -143,10 +149,6 @@ def _load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repea
 
 # ----------------------------------------------------------------------------------------- tokens
 
-def chat_prompt(tok, user: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-
-
 def encode_example(tok, user: str, assistant: str, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of the templated conversation and labels that are -100 outside the response.
 
@@ -231,33 +233,6 @@ def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: floa
 
 
 # -------------------------------------------------------------------------------------- generation
-
-def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy replies to ``users`` through the chat template, batched with left padding, longest first."""
-    import torch
-
-    prompts = [chat_prompt(tok, u) for u in users]
-    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    side, tok.padding_side = tok.padding_side, "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    out: list[str | None] = [None] * len(prompts)
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
-                )
-            for row, i in enumerate(idx):
-                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    finally:
-        tok.padding_side = side
-    return out  # type: ignore[return-value]
-
 
 EVAL_SETS = ("advbench", "alpaca_heldout", "multijail")
 

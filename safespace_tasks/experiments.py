@@ -1,9 +1,10 @@
 """Helpers the example scripts share (``examples/``), so that each does not re-implement them.
 
 Imports neither torch nor lm-eval. Today: the data mirror a script needs (:func:`require_data_dir`)
-and the text normalisation by which training data are checked against evaluation data
-(:func:`normalise`, :class:`TrainEvalOverlapError`). Chat formatting and greedy generation are still
-written out in the scripts (issue 26 moves them here).
+the text normalisation by which training data are checked against evaluation data
+(:func:`normalise`, :class:`TrainEvalOverlapError`), and greedy replies through the chat template
+(:func:`chat_prompt`, :func:`generate_replies`; torch is imported when they run). The pruning and
+freezing examples still write their own chat rule and generation loop (issue 26).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from safespace_tasks.data import DATA_DIR_ENV
 
-__all__ = ["require_data_dir", "normalise", "TrainEvalOverlapError"]
+__all__ = ["require_data_dir", "normalise", "TrainEvalOverlapError", "chat_prompt", "generate_replies"]
 
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -50,3 +51,35 @@ class TrainEvalOverlapError(AssertionError):
 
     Raised explicitly, never by ``assert``: it must fire under ``python -O`` too.
     """
+
+
+def chat_prompt(tok, user: str) -> str:
+    """``user`` as the one user turn of ``tok``'s chat template, ready for the assistant's reply (text)."""
+    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+
+
+def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy replies to ``users`` through the chat template, batched with left padding, longest first."""
+    import torch
+
+    prompts = [chat_prompt(tok, u) for u in users]
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    side, tok.padding_side = tok.padding_side, "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    out: list[str | None] = [None] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+                )
+            for row, i in enumerate(idx):
+                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    finally:
+        tok.padding_side = side
+    return out  # type: ignore[return-value]
