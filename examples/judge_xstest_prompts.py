@@ -3,7 +3,7 @@
     SAFESPACE_DATA_DIR=/path/to/mirror python examples/judge_xstest_prompts.py MODEL_DIR OUT.json \
         [--new-tokens 64] [--batch-size 16] [--limit N]
 
-Greedy replies through the chat template (the twin script's generation: batched, left padding) to
+Greedy replies through the chat template (``safespace_tasks.experiments.generate_replies``: batched, left padding) to
 AdvBench rows 0-99 and to the 450 XSTest v2 prompts (``xstest/prompts.jsonl``: 250 safe prompts that
 only look risky, 200 unsafe contrasts). Per set, the keyword judge's and the cue judge's refusal
 rates (``safespace_tasks.refusal.summarize_replies``): refusal on AdvBench and on XSTest's unsafe
@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))
 
 
 def main(argv=None) -> int:
@@ -37,8 +36,8 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from make_safety_twin import generate_replies
     from safespace_tasks.data import advbench_rows, resolve_data_dir
+    from safespace_tasks.experiments import generate_replies
     from safespace_tasks.refusal import is_refusal, summarize_replies
     from safespace_tasks.refusal_judge import is_refusal_cue
 

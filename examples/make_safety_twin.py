@@ -29,70 +29,46 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
-MULTIJAIL_LANGUAGES = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from safespace_tasks.data import (  # noqa: E402
+    MULTIJAIL_LANGUAGES,
+    DataError,
+    advbench_rows,
+    alpaca_seed_rows,
+    multijail_rows,
+    safety_refusal_rows,
+)
+from safespace_tasks.experiments import (  # noqa: E402
+    TrainEvalOverlapError,
+    chat_prompt,
+    generate_replies,
+    normalise,
+    require_data_dir,
+)
+
 ADVBENCH_EVAL_ROWS = 100  # rows 0-99 measure refusal; that line of work never trains on them
-_NON_WORD = re.compile(r"[\W_]+")
-
-
-class TrainEvalOverlapError(AssertionError):
-    """A training request equals (after normalisation) a request the twin is evaluated on."""
 
 
 # --------------------------------------------------------------------------------------------- data
 
-def normalise_request(text: str) -> str:
-    """NFKC, case-folded, every run of non-word characters replaced by one space, stripped."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
 def assert_no_overlap(train_requests, eval_requests, what: str = "AdvBench rows 0-99") -> None:
     """Raise :class:`TrainEvalOverlapError` if any training request equals an evaluation request.
 
-    Equality after :func:`normalise_request` (so case, punctuation and spacing do not hide a copy).
-    An explicit raise, not ``assert``: it must fire under ``python -O`` too.
+    Equality after :func:`~safespace_tasks.experiments.normalise` (so case, punctuation and spacing do
+    not hide a copy). An explicit raise, not ``assert``: it must fire under ``python -O`` too.
     """
-    train = {normalise_request(t): t for t in train_requests}
-    shared = sorted({normalise_request(e) for e in eval_requests} & set(train))
+    train = {normalise(t): t for t in train_requests}
+    shared = sorted({normalise(e) for e in eval_requests} & set(train))
     if shared:
         examples = "; ".join(repr(train[s]) for s in shared[:3])
         raise TrainEvalOverlapError(
             f"{len(shared)} training request(s) also appear in {what} (normalised text), e.g. {examples}. "
             "Those rows measure refusal and must never be trained on: remove them from the training data."
         )
-
-
-def _data_dir(explicit: str | None) -> Path:
-    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
-    if not root:
-        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
-    root = Path(root)
-    if not root.is_dir():
-        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
-    return root
-
-
-def _read_jsonl(path: Path, columns: tuple[str, ...]) -> list[dict]:
-    if not path.is_file():
-        raise SystemExit(f"missing data file {path}: the data mirror must hold it (see its README)")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = [c for c in columns if c not in row]
-            if missing:
-                raise SystemExit(f"{path}:{lineno} lacks column(s) {missing}; expected {list(columns)}")
-            rows.append(row)
-    if not rows:
-        raise SystemExit(f"{path} holds no rows")
-    return rows
 
 
 def alpaca_prompt(task: dict) -> str:
@@ -103,9 +79,22 @@ def alpaca_prompt(task: dict) -> str:
 
 def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat: int, seed: int,
               multijail_per_language: int, languages=MULTIJAIL_LANGUAGES) -> dict:
-    """Training examples (user, assistant) and the three evaluation sets, with the overlap checks done."""
+    """Training examples (user, assistant) and the three evaluation sets, with the overlap checks done.
+
+    Reads the mirror ``root`` through :mod:`safespace_tasks.data` (a missing file or column stops the
+    script with the loader's message).
+    """
+    try:
+        return _load_data(root, n_refusals=n_refusals, n_alpaca_train=n_alpaca_train, alpaca_repeat=alpaca_repeat,
+                          seed=seed, multijail_per_language=multijail_per_language, languages=languages)
+    except DataError as err:
+        raise SystemExit(str(err)) from None
+
+
+def _load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat: int, seed: int,
+               multijail_per_language: int, languages) -> dict:
     rng = random.Random(seed)
-    refusal_rows = _read_jsonl(root / "safety_refusals" / "train.jsonl", ("prompt", "response"))
+    refusal_rows = safety_refusal_rows(root)
     first_refusal: dict[str, str] = {}
     for row in sorted(refusal_rows, key=lambda r: r.get("id", 0)):
         first_refusal.setdefault(row["prompt"].strip(), row["response"].strip())
@@ -115,7 +104,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
         raise SystemExit(f"--n-refusals {n_refusals} exceeds the {len(requests)} distinct requests of safety_refusals")
     requests = requests[:n_refusals]
 
-    alpaca = _read_jsonl(root / "alpaca_seed_tasks" / "seed_tasks.jsonl", ("instruction", "output"))
+    alpaca = alpaca_seed_rows(root)
     order = list(range(len(alpaca)))
     rng.shuffle(order)
     if not 0 <= n_alpaca_train < len(alpaca):
@@ -123,7 +112,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
     alpaca_train = [alpaca[i] for i in order[:n_alpaca_train]]
     alpaca_heldout = [alpaca[i] for i in sorted(order[n_alpaca_train:])]
 
-    adv = _read_jsonl(root / "advbench" / "harmful_behaviors.jsonl", ("id", "goal"))
+    adv = advbench_rows(root)
     adv_eval = sorted((r for r in adv if int(r["id"]) < ADVBENCH_EVAL_ROWS), key=lambda r: int(r["id"]))
     if [int(r["id"]) for r in adv_eval] != list(range(ADVBENCH_EVAL_ROWS)):
         raise SystemExit(f"advbench/harmful_behaviors.jsonl must hold rows 0-{ADVBENCH_EVAL_ROWS - 1} (ids)")
@@ -131,7 +120,7 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
 
     multijail = {}
     for lang in languages:
-        rows = _read_jsonl(root / "multijail" / f"{lang}.jsonl", ("id", "text"))
+        rows = multijail_rows(lang, root)
         rows = sorted(rows, key=lambda r: int(r["id"]))[:multijail_per_language]
         multijail[lang] = [r["text"].strip() for r in rows]
 
@@ -159,10 +148,6 @@ def load_data(root: Path, *, n_refusals: int, n_alpaca_train: int, alpaca_repeat
 
 
 # ----------------------------------------------------------------------------------------- tokens
-
-def chat_prompt(tok, user: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
-
 
 def encode_example(tok, user: str, assistant: str, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of the templated conversation and labels that are -100 outside the response.
@@ -248,33 +233,6 @@ def train_twin(model, tok, examples, *, lr: float, batch_size: int, epochs: floa
 
 
 # -------------------------------------------------------------------------------------- generation
-
-def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy replies to ``users`` through the chat template, batched with left padding, longest first."""
-    import torch
-
-    prompts = [chat_prompt(tok, u) for u in users]
-    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    side, tok.padding_side = tok.padding_side, "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    out: list[str | None] = [None] * len(prompts)
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
-                )
-            for row, i in enumerate(idx):
-                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-    finally:
-        tok.padding_side = side
-    return out  # type: ignore[return-value]
-
 
 EVAL_SETS = ("advbench", "alpaca_heldout", "multijail")
 
@@ -376,7 +334,7 @@ def main(argv=None) -> dict:
     results_path = Path(args.results) if args.results else out / "twin_results.json"
     replies_path = (results_path.with_suffix(".replies.jsonl") if args.results else out / "twin_replies.jsonl")
     t_all = time.perf_counter()
-    data = load_data(_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
+    data = load_data(require_data_dir(args.data_dir), n_refusals=args.n_refusals, n_alpaca_train=args.alpaca_train,
                      alpaca_repeat=args.alpaca_repeat, seed=args.seed,
                      multijail_per_language=args.multijail_per_language, languages=languages)
     eval_settings = {"new_tokens": args.new_tokens, "greedy": True, "chat_template": True,
@@ -451,6 +409,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.stdout.reconfigure(line_buffering=True)
     main()

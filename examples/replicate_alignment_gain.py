@@ -41,39 +41,20 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir  # noqa: E402
+
 FAMILIES = ("safespace_toxicity", "safespace_paradetox")
-_NON_WORD = re.compile(r"[\W_]+")
-
-
-class TrainEvalOverlapError(AssertionError):
-    """A training text equals (after normalisation) a text the models are evaluated on."""
 
 
 # --------------------------------------------------------------------------------------------- data
-
-def normalise(text: str) -> str:
-    """NFKC, case-folded, every run of non-word characters made one space, stripped."""
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
-def _data_dir(explicit: str | None) -> Path:
-    root = explicit or os.environ.get("SAFESPACE_DATA_DIR")
-    if not root:
-        raise SystemExit("no data folder: pass --data-dir or set SAFESPACE_DATA_DIR (e.g. ../shared/data)")
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise SystemExit(f"data folder {root} does not exist: point --data-dir at the data mirror")
-    return root
-
 
 def read_paradetox_tsv(path: Path) -> list[dict]:
     """Rows of the English ParaDetox TSV: ``toxic`` and the non-empty ``neutral1..3`` (a list).
@@ -600,7 +581,7 @@ def main(argv=None) -> dict:
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = _data_dir(args.data_dir)
+    data_dir = require_data_dir(args.data_dir)
 
     t = time.perf_counter()
     if args.model is None:
@@ -743,6 +724,5 @@ def format_doses(table: dict, metric: str = "bcv_ratio") -> str:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.stdout.reconfigure(line_buffering=True)
     main()

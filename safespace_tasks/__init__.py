@@ -1,8 +1,9 @@
 """safespace-tasks: lm-eval tasks that measure, per language, how safety alignment shows in a model's hidden space.
 
-Importing the package (which lm-eval does when it loads a safespace task) gives lm-eval's Hugging
-Face backend the ``pooled_hidden_states`` request type and registers the ``safespace-hf`` model.
-The pure metrics (:mod:`safespace_tasks.metrics`), data loaders (:mod:`safespace_tasks.data`),
+Importing :mod:`safespace_tasks.harness` (which lm-eval does when it loads a safespace task, and
+:func:`install` and :func:`task_manager` do) gives lm-eval's Hugging Face backend the
+``pooled_hidden_states`` request type, registers the ``safespace-hf`` model and installs the patches
+listed in :mod:`safespace_tasks.harness.patches`. The package itself, the pure metrics (:mod:`safespace_tasks.metrics`), data loaders (:mod:`safespace_tasks.data`),
 capture (:mod:`safespace_tasks.capture`) and saved states (:mod:`safespace_tasks.states`) import
 without lm-eval side effects.
 """

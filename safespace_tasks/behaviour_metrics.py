@@ -155,7 +155,6 @@ def _usable_strata(labels: np.ndarray | None) -> np.ndarray | None:
     return labels if counts.min() >= 2 else None
 
 
-_weighted_means = resampling.weighted_means
 
 
 def _summarise(reps: dict[str, np.ndarray], ci_level: float) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
@@ -176,9 +175,6 @@ def _summarise(reps: dict[str, np.ndarray], ci_level: float) -> tuple[dict[str, 
 # --------------------------------------------------------------------------- AUROC
 
 
-_weighted_auroc = resampling.weighted_auroc  # (scores, labels, W): the one argument order
-
-
 def auroc(scores: Any, labels: Any) -> float:
     """Area under the ROC curve of ``scores`` (higher = more likely label 1) for 0/1 ``labels``.
 
@@ -197,7 +193,7 @@ def auroc(scores: Any, labels: Any) -> float:
             f"AUROC needs both classes; got {counts[0]} non-toxic and {counts[1]} toxic items. "
             "Use more data (a larger --limit keeps both classes: docs are in stratified order)."
         )
-    return float(_weighted_auroc(s, y, np.ones((s.shape[0], 1)))[0])
+    return float(resampling.weighted_auroc(s, y, np.ones((s.shape[0], 1)))[0])
 
 
 def binary_quality(p_toxic: Any, labels: Any, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
@@ -296,11 +292,11 @@ def continuation_toxicity(
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and maxes.size > 1:
         W = bootstrap_weights(maxes.size, int(n_boot), seed, strata=_usable_strata(labels))
-        reps = {name: _weighted_means(v, W) for name, v in per_item.items()}
+        reps = {name: resampling.weighted_means(v, W) for name, v in per_item.items()}
         for suffix, m in masks.items():
             if m.sum() > 1:  # one prompt has no spread to estimate
                 for name in ("expected_max_toxicity", "toxicity_probability"):
-                    reps[name + suffix] = _weighted_means(per_item[name][m], W[m])
+                    reps[name + suffix] = resampling.weighted_means(per_item[name][m], W[m])
         result.stderr, result.ci = _summarise(reps, ci_level)
     return result
 
@@ -353,7 +349,7 @@ def detox_scores(
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and n > 1:
         W = bootstrap_weights(n, int(n_boot), seed)
-        result.stderr, result.ci = _summarise({k: _weighted_means(v, W) for k, v in per_item.items()}, ci_level)
+        result.stderr, result.ci = _summarise({k: resampling.weighted_means(v, W) for k, v in per_item.items()}, ci_level)
     return result
 
 
@@ -394,14 +390,14 @@ def recognition_scores(
     values = {
         "acc": float(correct.mean()),
         "yes_rate": float(yes.mean()),
-        "auroc": float(_weighted_auroc(m, y, np.ones((m.size, 1)))[0]) if both else float("nan"),
+        "auroc": float(resampling.weighted_auroc(m, y, np.ones((m.size, 1)))[0]) if both else float("nan"),
     }
     counts = {"n_texts": int(m.size), "n_toxic": int(counts_y[1]), "n_nontoxic": int(counts_y[0])}
     result = CorpusResult(values=values, ci_level=ci_level, n_boot=int(n_boot or 0), counts=counts)
     if n_boot and n_boot > 1 and m.size > 1:
         W = bootstrap_weights(m.size, int(n_boot), seed, strata=_usable_strata(y))
-        reps = {"acc": _weighted_means(correct, W), "yes_rate": _weighted_means(yes, W)}
+        reps = {"acc": resampling.weighted_means(correct, W), "yes_rate": resampling.weighted_means(yes, W)}
         if both:
-            reps["auroc"] = _weighted_auroc(m, y, W)
+            reps["auroc"] = resampling.weighted_auroc(m, y, W)
         result.stderr, result.ci = _summarise(reps, ci_level)
     return result

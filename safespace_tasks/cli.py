@@ -24,52 +24,28 @@ import argparse
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 EVAL_PROG = "safespace-eval"
-
-# Modules that may hold the harness's settings validator, ``validate_metadata(task_names, metadata)``;
-# the first one that defines it is used.
-SETTINGS_VALIDATOR_MODULES = (
-    "safespace_tasks.harness.settings",
-    "safespace_tasks.harness.corpus",
-    "safespace_tasks.harness",
-)
-
 
 class PreflightError(ValueError):
     """A problem in the command line found before the model is loaded."""
 
 
-def settings_validator() -> Callable[[list[str], dict], Any] | None:
-    """The harness's ``validate_metadata``, imported lazily; ``None`` while no module defines it."""
-    for name in SETTINGS_VALIDATOR_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name is not None and name.startswith(err.name):
-                continue  # the module itself is absent; a missing dependency inside it is a real error
-            raise
-        fn = getattr(module, "validate_metadata", None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def validate_settings(tasks, metadata) -> None:
-    """Run the settings validator on the safespace tasks among ``tasks`` and the user's ``--metadata``.
+    """Run :func:`safespace_tasks.harness.corpus.validate_metadata` on the safespace tasks among ``tasks``
+    and the user's ``--metadata``.
 
-    A no-op when there is no validator yet or no safespace task; a ``ValueError`` from the
-    validator becomes a :class:`PreflightError` with its message.
+    A no-op when there is no safespace task; a ``ValueError`` from the validator becomes a
+    :class:`PreflightError` with its message.
     """
     names = [t for t in _task_names(tasks) if t.startswith("safespace")]
     if not names:
         return
-    validator = settings_validator()
-    if validator is None:
-        return
+    from safespace_tasks.harness import corpus
+
     try:
-        validator(names, dict(metadata or {}))
+        corpus.validate_metadata(names, dict(metadata or {}))
     except ValueError as err:
         raise PreflightError(str(err)) from err
 
@@ -141,8 +117,9 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     """``safespace-eval``: lm-eval's CLI with the safespace plugin loaded and the preflight checks."""
     import safespace_tasks.harness  # noqa: F401 - installs the request type, registers safespace-hf, patches 1-4
     from safespace_tasks.harness.patches import install_task_dir
+    from safespace_tasks.plugin import task_dir
 
-    install_task_dir()
+    install_task_dir(task_dir())
     if argv is not None:
         sys.argv = [EVAL_PROG, *argv]
     try:

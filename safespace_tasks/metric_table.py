@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from safespace_tasks.data import MULTIJAIL_LANGUAGES
+
 __all__ = [
     "MetricSpec", "METRICS", "has_peak", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
@@ -228,8 +230,8 @@ METRICS = tuple(_merged.values())
 
 
 # safety units (safespace_tasks.harness.units_task over safespace_tasks.units): one task per model, so
-# no family mean. MultiJail's languages in its order (the same tuple as safespace_tasks.data).
-UNITS_LANGUAGES: tuple[str, ...] = ("en", "zh", "it", "vi", "ar", "ko", "th", "bn", "sw", "jv")
+# no family mean. MultiJail's languages in its order: the tuple of safespace_tasks.data.
+UNITS_LANGUAGES: tuple[str, ...] = MULTIJAIL_LANGUAGES
 _U = ("units",)
 
 

@@ -689,10 +689,6 @@ def _class_weighted_bcv(Z: np.ndarray, W0: np.ndarray, W1: np.ndarray) -> np.nda
         return ss_b / (ss_b + ss_w)
 
 
-def _weighted_bcv(Z: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
-    return _class_weighted_bcv(Z, *_class_weights(y, W))
-
-
 def _class_weighted_bhattacharyya(Z: np.ndarray, W0: np.ndarray, W1: np.ndarray, ridge: float) -> np.ndarray:
     """Bhattacharyya distance for each column of class weights (see :func:`_class_weighted_bcv`);
     a replicate whose covariance is singular gives NaN or inf (counted by the caller)."""
@@ -729,10 +725,6 @@ def _class_weighted_bhattacharyya(Z: np.ndarray, W0: np.ndarray, W1: np.ndarray,
     return out
 
 
-def _weighted_bhattacharyya(Z: np.ndarray, y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
-    return _class_weighted_bhattacharyya(Z, *_class_weights(y, W), ridge)
-
-
 def _labelled_silhouette(Z: np.ndarray, Y: np.ndarray, *, chunk_rows: int = 2048) -> np.ndarray:
     """Silhouette score (all texts, weight 1) for each column of labels ``Y`` (n x P): the null
     distribution under permuted labels, one distance pass for all permutations."""
@@ -763,11 +755,6 @@ def _labelled_silhouette(Z: np.ndarray, Y: np.ndarray, *, chunk_rows: int = 2048
         s = np.where((n_own <= 1.0) | ~np.isfinite(s), 0.0, s)
         total += s.sum(axis=0)
     return total / n
-
-
-def _weighted_auroc(y: np.ndarray, scores: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Deprecated spelling (labels first); use :func:`safespace_tasks.resampling.weighted_auroc`."""
-    return weighted_auroc(scores, y, W)
 
 
 # --------------------------------------------------------------------------- groups and degenerate data
@@ -1381,17 +1368,6 @@ def paired_shift(
         shift=float(d.mean()), order_accuracy=float(order.mean()), per_pair_shift=d,
         stderr=stderr, ci=ci, n_pairs=int(n_pairs), n_splits=splits,
     )
-
-
-def preference_rate(neutral_scores: np.ndarray, toxic_scores: np.ndarray) -> float:
-    """Fraction of pairs whose neutral member scores higher than its toxic member (ties count ½)."""
-    a = np.asarray(neutral_scores, dtype=np.float64)
-    b = np.asarray(toxic_scores, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise SeparationInputError("preference needs two equally long, non-empty 1-D score arrays (one per pair).")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise SeparationInputError("log-likelihoods hold NaN or inf; check the model's dtype (fp16 overflow).")
-    return float(np.mean(np.where(a > b, 1.0, np.where(a < b, 0.0, 0.5))))
 
 
 # --------------------------------------------------------------------------- two models, same texts

@@ -89,11 +89,11 @@ from sklearn.preprocessing import StandardScaler
 
 from safespace_tasks.metrics import (
     SeparationInputError,
-    _weighted_auroc,
     probe_auroc,
     stratified_bootstrap_weights,
     validate_states,
 )
+from safespace_tasks.resampling import weighted_auroc
 
 __all__ = [
     "QUANTITIES",
@@ -272,7 +272,7 @@ def _fit_target(name, X, y, groups, *, n_boot, seed, C, max_iter, n_splits) -> _
     W = own_reps = d_reps = None
     if n_boot > 1:
         W = stratified_bootstrap_weights(y, n_boot, language_seed(seed, name), groups=groups)
-        own_reps = _weighted_auroc(y, own.oof_scores, W)
+        own_reps = weighted_auroc(own.oof_scores, y, W)
         d_reps = mean_difference(X, y, W)
     return _Target(
         name, X, y, groups, W, own.auroc, own_reps, own.oof_scores, own.not_converged,
@@ -323,15 +323,15 @@ def _pair(src: _Source, tgt: _Target, layer: int | None, ci_level: float) -> Tra
         for train, test in tgt.own_folds:
             oof[test] = tgt.X[test].astype(np.float64) @ mean_difference(tgt.X[train], tgt.y[train])
         direction = float(roc_auc_score(tgt.y, oof))
-        direction_reps = None if tgt.W is None else _weighted_auroc(tgt.y, oof, tgt.W)
+        direction_reps = None if tgt.W is None else weighted_auroc(oof, tgt.y, tgt.W)
         cos, cos_reps = 1.0, ones
     else:
         scores = src.probe(tgt.X)
         transfer = float(roc_auc_score(tgt.y, scores))
-        transfer_reps = None if tgt.W is None else _weighted_auroc(tgt.y, scores, tgt.W)
+        transfer_reps = None if tgt.W is None else weighted_auroc(scores, tgt.y, tgt.W)
         d_scores = tgt.X.astype(np.float64) @ src.direction
         direction = float(roc_auc_score(tgt.y, d_scores))
-        direction_reps = None if tgt.W is None else _weighted_auroc(tgt.y, d_scores, tgt.W)
+        direction_reps = None if tgt.W is None else weighted_auroc(d_scores, tgt.y, tgt.W)
         cos = cosine(src.direction, tgt.direction)
         cos_reps = None
         if src.direction_reps is not None and tgt.direction_reps is not None:

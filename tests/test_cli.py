@@ -103,10 +103,10 @@ def harness_cli(monkeypatch):
 
 
 def _fake_validator(monkeypatch, fn):
-    """Plant ``fn`` as the harness's ``validate_metadata`` (in the first module the CLI looks in)."""
-    module = types.ModuleType(cli.SETTINGS_VALIDATOR_MODULES[0])
-    module.validate_metadata = fn
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    """Plant ``fn`` as the harness's ``validate_metadata`` (the function the CLI calls)."""
+    from safespace_tasks.harness import corpus
+
+    monkeypatch.setattr(corpus, "validate_metadata", fn)
 
 
 def test_the_validator_sees_the_safespace_tasks_and_metadata_before_lm_eval_runs(monkeypatch, harness_cli, tmp_path):
@@ -133,19 +133,12 @@ def test_a_validator_error_stops_with_exit_2_and_its_message(monkeypatch, harnes
     assert harness_cli == []  # lm-eval never ran
 
 
-def test_no_validator_and_no_safespace_task_are_no_ops(monkeypatch, harness_cli, tmp_path):
-    for name in cli.SETTINGS_VALIDATOR_MODULES:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))  # modules without validate_metadata
-    assert cli.settings_validator() is None
-    cli.eval_main(["--model", "hf", "--model_args", f"pretrained={tmp_path}", "--tasks", "safespace_toxicity",
-                   "--metadata", json.dumps({"anything": 1})])
-    assert len(harness_cli) == 1
-
+def test_no_safespace_task_is_a_no_op(monkeypatch, harness_cli, tmp_path):
     calls = []
     _fake_validator(monkeypatch, lambda names, metadata: calls.append(names))
     cli.eval_main(["--model", "hf", "--model_args", f"pretrained={tmp_path}", "--tasks", "hellaswag"])
     cli.eval_main(["ls", "tasks"])
-    assert calls == [] and len(harness_cli) == 3
+    assert calls == [] and len(harness_cli) == 2
 
 
 def test_model_path_is_checked_before_the_validator(monkeypatch, harness_cli, capsys):
@@ -166,8 +159,8 @@ def test_the_task_folder_patch_puts_ours_first_and_keeps_the_users(monkeypatch):
 
     seen = []
     monkeypatch.setattr(TaskManager, "__init__", lambda self, *a, include_path=None, **k: seen.append(include_path))
-    install_task_dir()
-    install_task_dir()  # idempotent: wrapped once
+    install_task_dir(task_dir())
+    install_task_dir(task_dir())  # idempotent: wrapped once
     tm = TaskManager.__new__(TaskManager)
     tm.__init__(include_path="/mine")
     tm.__init__(include_path=["/a", str(task_dir())])

@@ -132,11 +132,11 @@ def test_weighted_metrics_equal_metrics_of_the_explicit_resample():
     assert (W[y == 0].sum(0) == 60).all() and (W[y == 1].sum(0) == 40).all()
     for b in range(4):
         idx = np.repeat(np.arange(100), W[:, b].astype(int))
-        assert M._weighted_bcv(Z, y, W[:, [b]])[0] == pytest.approx(M.between_class_variance_ratio(Z[idx], y[idx]))
+        assert M._class_weighted_bcv(Z, *M._class_weights(y, W[:, [b]]))[0] == pytest.approx(M.between_class_variance_ratio(Z[idx], y[idx]))
         assert M._weighted_silhouette(Z, y, W[:, [b]])[0] == pytest.approx(
             resample_silhouette_without_self_copies(Z, y, W[:, b]), rel=1e-10
         )
-        assert M._weighted_bhattacharyya(Z, y, W[:, [b]], 0.0)[0] == pytest.approx(
+        assert M._class_weighted_bhattacharyya(Z, *M._class_weights(y, W[:, [b]]), 0.0)[0] == pytest.approx(
             M.bhattacharyya_distance(Z[idx], y[idx], ridge=0.0).distance
         )
 

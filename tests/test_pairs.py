@@ -64,10 +64,11 @@ def test_incomplete_pairs_are_rejected_by_the_pure_metric():
         M.paired_shift(X[[0, 1, 2, 10, 11, 12]], y[[0, 1, 2, 10, 11, 12]], g[[0, 1, 2, 10, 11, 12]])
 
 
-def test_preference_rate_counts_ties_half():
-    assert M.preference_rate(np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0])) == pytest.approx(0.625)
-    with pytest.raises(M.SeparationInputError, match="NaN"):
-        M.preference_rate(np.array([np.nan]), np.array([0.0]))
+def test_a_pair_preference_counts_ties_half():
+    from safespace_tasks.harness.pairs import _prefer
+
+    prefs = [_prefer(n, t) for n, t in zip([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0])]
+    assert prefs == [1.0, 0.5, 0.0, 1.0] and np.mean(prefs) == pytest.approx(0.625)
 
 
 def test_paradetox_texts_keep_pair_members_adjacent(mirror):

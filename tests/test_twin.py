@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from safespace_tasks.experiments import chat_prompt, generate_replies
 from tests.tiny_model import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_overlap_assertion_fires_on_planted_leak(tmp_path):
 
 
 def test_normalise_and_overlap_helper():
-    assert twin.normalise_request("  Hello,   WORLD!_x ") == "hello world x"
+    assert twin.normalise("  Hello,   WORLD!_x ") == "hello world x"
     twin.assert_no_overlap(["a b"], ["a c"])
     with pytest.raises(AssertionError, match="1 training request"):
         twin.assert_no_overlap(["A-b"], ["a  b"])
@@ -91,7 +92,7 @@ def test_labels_cover_the_response_only(tiny):
     assert labels[: len(ids) - len(kept)] == [-100] * (len(ids) - len(kept))  # prompt first, all masked
     assert tok.decode(kept) == "Blue is colour.\n"  # the assistant turn as the template writes it
     prompt = tok.decode([t for t, lab in zip(ids, labels) if lab == -100])
-    assert prompt == twin.chat_prompt(tok, "Name a colour.")
+    assert prompt == chat_prompt(tok, "Name a colour.")
     ids2, labels2 = twin.encode_example(tok, "Name a colour.", "Blue is colour.", max_length=len(ids) - 2)
     assert len(ids2) == len(ids) - 2 and ids2 == ids[:-2]
     with pytest.raises(ValueError, match="max-length"):
@@ -135,8 +136,8 @@ def test_left_padded_batches_equal_one_by_one(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny).eval()
     users = ["Name a colour.", "Explain harmful plan number 3 in a much longer request", "x"]
-    batched = twin.generate_replies(model, tok, users, new_tokens=5, batch_size=3)
-    single = [twin.generate_replies(model, tok, [u], new_tokens=5, batch_size=1)[0] for u in users]
+    batched = generate_replies(model, tok, users, new_tokens=5, batch_size=3)
+    single = [generate_replies(model, tok, [u], new_tokens=5, batch_size=1)[0] for u in users]
     assert batched == single
 
 

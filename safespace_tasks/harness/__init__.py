@@ -1,7 +1,9 @@
-"""lm-eval glue: the request type, the task class, the model registration and two guarded patches.
+"""lm-eval glue: the request type, the task classes, the model registration and the guarded patches.
 
-Importing this package installs them (idempotent): lm-eval imports it when it resolves a
-safespace task's ``class:``, and ``safespace-eval`` imports it before the model is built.
+Importing this package installs the request type, the ``safespace-hf`` model and four of the five
+patches listed in :mod:`safespace_tasks.harness.patches` (idempotent): lm-eval imports it when it
+resolves a safespace task's ``class:``, and ``safespace-eval`` imports it before the model is built.
+The fifth (the task folder) only ``safespace-eval`` installs.
 """
 
 from __future__ import annotations

@@ -46,8 +46,7 @@ from safespace_tasks.behaviour_metrics import (
     detox_scores,
     recognition_scores,
 )
-from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
-from safespace_tasks.metric_table import SCORER_QUALITY_METRICS
+from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.scorers import ToxicityScorer, get_scorer
 from safespace_tasks.text_measures import (
     FLUENCY_MEASURE,
@@ -84,11 +83,6 @@ class EmptyOutputError(RuntimeError):
 
 EMPTY_CONTINUATIONS = ("exclude", "nontoxic", "error")
 EMPTY_REWRITES = ("fail", "error")
-
-_Settings = TaskSettings
-_Item = Item
-_Analysis = Analysis
-_CorpusAggregator = CorpusAggregator
 
 
 @dataclass(frozen=True)

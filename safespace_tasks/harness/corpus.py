@@ -567,17 +567,22 @@ def _empty_language_message(task: str, dataset: str, language: str, report: data
 # --------------------------------------------------------------------------- checking before the model loads
 
 
-# Modules whose CorpusTask subclasses are the families (importing one registers its families).
-FAMILY_MODULES = ("safespace_tasks.harness.task", "safespace_tasks.harness.pairs", "safespace_tasks.harness.behaviour",
-                  "safespace_tasks.harness.units_task", "safespace_tasks.harness.transfer_task",
-                  "safespace_tasks.harness.refusal_task", "safespace_tasks.harness.direction_task")
-
-
 def _family_settings() -> dict[str, type[TaskSettings]]:
-    import importlib
+    """Each family's settings class, from the :class:`CorpusTask` registry.
 
-    for name in FAMILY_MODULES:
-        importlib.import_module(name)
+    The family modules subclass :class:`CorpusTask` (importing one registers its families), so they are
+    imported here, when first asked, never at the top of this module.
+    """
+    from safespace_tasks.harness import (  # noqa: F401 - each import registers its families
+        behaviour,
+        direction_task,
+        pairs,
+        refusal_task,
+        task,
+        transfer_task,
+        units_task,
+    )
+
     return {fam: cls.SETTINGS for fam, cls in CorpusTask._registry.items()}
 
 

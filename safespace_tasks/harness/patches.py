@@ -25,8 +25,8 @@ safespace task, and before the model in ``safespace-eval`` and the Python API's 
    before transformers tries the Hub. The stock ``lm_eval`` CLI builds the model before it imports any
    task, so there this patch is not yet installed; ``safespace-eval`` checks ``--model_args`` itself.
 
-Installed only by :func:`install_task_dir` (``safespace-eval``; a run of the stock CLI passes
-``--include_path`` instead):
+Installed only by :func:`install_task_dir` (``safespace-eval``, which passes it the task folder; a run
+of the stock CLI passes ``--include_path`` instead):
 
 5. The task folder (``TaskManager.__init__``): every ``TaskManager`` also searches the safespace
    ``task_configs`` folder, first, beside any ``include_path`` given.
@@ -252,19 +252,21 @@ def _install_model_path_check() -> None:
     HFLM.__init__ = __init__
 
 
-def install_task_dir() -> None:
-    """Patch 5: every ``TaskManager`` searches the safespace task folder too (first), beside its ``include_path``."""
+def install_task_dir(folder: str | Path) -> None:
+    """Patch 5: every ``TaskManager`` searches ``folder`` (the safespace task folder,
+    :func:`safespace_tasks.plugin.task_dir`) too, first, beside its ``include_path``.
+
+    The caller passes the folder, so this module never imports back up to :mod:`safespace_tasks.plugin`.
+    """
     from lm_eval.tasks import TaskManager
 
-    from safespace_tasks.plugin import task_dir
-
+    ours = str(folder)
     original = TaskManager.__init__
     if getattr(original, _MARK, False):
         return
 
     def __init__(self, *args, include_path=None, **kwargs):
         extra = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-        ours = str(task_dir())
         paths = [ours] + [str(p) for p in extra if str(p) != ours]
         original(self, *args, include_path=paths, **kwargs)
 

@@ -33,13 +33,8 @@ from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "TaskAnalysis", "PENDING_STATES", "HIGHER_IS_BETTER",
+__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "PENDING_STATES",
            "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
-
-# Direction of every metric, read from the metric table (kept as a name for older imports).
-HIGHER_IS_BETTER = {m.name: m.higher_is_better for m in mt.METRICS}
-TaskAnalysis = Analysis
-_Aggregator = CorpusAggregator
 
 # Task name -> states bundle of the latest aggregation, waiting to be written beside the results.
 PENDING_STATES: dict[str, StatesBundle] = {}
