@@ -43,6 +43,15 @@ PAIRED = "paired bootstrap"
 # pair metrics of the paired families (toxic sentence and its rewrite), from the metric table.
 PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
+# The independent interval is right for two independent samples of texts (its SE is within 0.9-1.3x
+# of the gain's true sd there, docs/statistics.md); two runs on the same texts share most of their
+# sampling error, which cancels in the gain and which this interval cannot see without the states.
+SAME_TEXTS_NOTE = (
+    "The two runs have the same data, settings and text count, so they most likely measured the same "
+    "texts: what those texts contribute to both values cancels in the gain, and this interval, which cannot "
+    "see that without the states, is conservative (on planted data 2-8x wider than the gain's true spread). "
+    "Save the states of both runs for the paired interval."
+)
 
 
 def metric_range(metric: str) -> tuple[float, float]:
@@ -658,16 +667,21 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
             if unpaired:
                 why = f"the report has no paired bootstrap for {', '.join(unpaired)}"
         if why and any(g.method == INDEPENDENT for g in made):
-            fallback.setdefault((pair[0], pair[1], fam, why), []).append(lang)
+            # no states to tell, but the same version, settings (data, --limit, seed) and text count:
+            # almost surely the same texts
+            same_texts = not flags and (a.states_path is None or b.states_path is None)
+            fallback.setdefault((pair[0], pair[1], fam, why, same_texts), []).append(lang)
         elif any(math.isfinite(g.value) and g.method is None and has_interval(g.metric) for g in made):
-            fallback.setdefault((pair[0], pair[1], fam, "no interval"), []).append(lang)
-    for (base, aligned, fam, why), langs in fallback.items():
+            fallback.setdefault((pair[0], pair[1], fam, "no interval", False), []).append(lang)
+    for (base, aligned, fam, why, same_texts), langs in fallback.items():
         if why == "no interval":
             text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has no interval for some metrics: the runs "
                     "report no standard error for them and the texts could not be paired.")
         else:
             text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has an independent interval "
                     f"(sqrt(se_base^2 + se_aligned^2)), not a paired one: {why}.")
+            if same_texts:
+                text += (" " + SAME_TEXTS_NOTE)
         comp.notices.append(Notice("note", text))
 
 
