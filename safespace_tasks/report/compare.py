@@ -43,13 +43,13 @@ PAIRED = "paired bootstrap"
 # pair metrics of the paired families (toxic sentence and its rewrite), from the metric table.
 PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
-# The independent interval is right for two independent samples of texts (its SE is within 0.9-1.3x
-# of the gain's true sd there, docs/statistics.md); two runs on the same texts share most of their
+# The independent interval is right for two independent samples of texts (its SE is 0.87-1.19x the
+# gain's true sd there on the planted d = 64 spectra, docs/statistics.md); two runs on the same texts share most of their
 # sampling error, which cancels in the gain and which this interval cannot see without the states.
 SAME_TEXTS_NOTE = (
     "The two runs have the same data, settings and text count, so they most likely measured the same "
     "texts: what those texts contribute to both values cancels in the gain, and this interval, which cannot "
-    "see that without the states, is conservative (on planted data 2-8x wider than the gain's true spread). "
+    "see that without the states, is conservative (on planted data its SE is 1.7-4.6x the gain's true spread). "
     "Save the states of both runs for the paired interval."
 )
 
