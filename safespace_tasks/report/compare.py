@@ -7,7 +7,8 @@ report adds is computed here and says how:
   JSON values, with an interval from a **paired bootstrap** over the texts when both runs saved
   their states for the same texts (one resample of texts scores both models, see
   :func:`safespace_tasks.metrics.paired_bootstrap_difference`), else from the two runs' own
-  standard errors taken as **independent** (``sqrt(se_a^2 + se_b^2)``);
+  standard errors taken as **independent** (``sqrt(se_a^2 + se_b^2)``: right for independent samples
+  of texts, conservative for two runs on the same texts, which a note then says);
 - the mean over languages (the results JSON's group row when it covers exactly these languages,
   else the mean of the language rows) and the English-minus-rest gap ``en - mean(other languages)``.
 
