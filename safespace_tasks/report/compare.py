@@ -45,8 +45,9 @@ PAIRED = "paired bootstrap"
 PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
 # The independent interval is right for two independent samples of texts (its SE is 0.87-1.19x the
-# gain's true sd there on the planted d = 64 spectra, docs/statistics.md); two runs on the same texts share most of their
-# sampling error, which cancels in the gain and which this interval cannot see without the states.
+# gain's true sd there on the planted d = 64 spectra, docs/statistics.md); two runs on the same
+# texts share most of their sampling error, which cancels in the gain and which this interval
+# cannot see without the states.
 SAME_TEXTS_NOTE = (
     "The two runs have the same data, settings and text count, so they most likely measured the same "
     "texts: what those texts contribute to both values cancels in the gain, and this interval, which cannot "
@@ -670,7 +671,8 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
         if why and any(g.method == INDEPENDENT for g in made):
             # no states to tell, but the same version, settings (data, --limit, seed) and text count:
             # almost surely the same texts
-            same_texts = not flags and (a.states_path is None or b.states_path is None)
+            same_texts = (not flags and (a.states_path is None or b.states_path is None)
+                          and bool(set(wanted) & set(mt.SEPARATION_METRICS)))
             fallback.setdefault((pair[0], pair[1], fam, why, same_texts), []).append(lang)
         elif any(math.isfinite(g.value) and g.method is None and has_interval(g.metric) for g in made):
             fallback.setdefault((pair[0], pair[1], fam, "no interval", False), []).append(lang)
