@@ -240,6 +240,16 @@ def run_study(
     return out
 
 
+def truth_silhouette_gain(p: dict[str, np.ndarray], pb: dict[str, np.ndarray],
+                          seeds: tuple[int, ...] = (99, 5, 17, 23)) -> list[float]:
+    """Silhouette(aligned) - silhouette(base) on each model's population PCA-k, one Monte Carlo
+    seed each (the same query and reference draws for both models). One seed's value is off by up
+    to 0.0006 (0.15-0.6 of the gain's true sd at 600 per class on the d = 64 spectra); the gain
+    studies take the mean over ``seeds``."""
+    qa, qb = population_pca(p), population_pca(pb)
+    return [truth_silhouette(qb, seed=t) - truth_silhouette(qa, seed=t) for t in seeds]
+
+
 def truth_probe_gain(p: dict[str, np.ndarray], n_per_class: int, *, folds: int = 5, reps: int = 100, seed: int = 7) -> float:
     """Mean of AUROC_aligned(w_aligned) - AUROC_base(w_base), the probes trained on the same texts
     at the cross-validation's training size (the aligned states are the base ones shifted)."""
@@ -273,9 +283,11 @@ def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed
     p = planted_spectrum(spectrum)
     pb = aligned_of(p)
     ta, tb = truth_pca_metrics(p), truth_pca_metrics(pb)
-    out: dict[str, Any] = {"spectrum": spectrum, "sizes": {}}
+    sil_gains = truth_silhouette_gain(p, pb)
+    out: dict[str, Any] = {"spectrum": spectrum, "silhouette_truth_by_seed": sil_gains, "sizes": {}}
     for n_pc in sizes:
         truth = {m: tb[m] - ta[m] for m in ("bcv_ratio", "bhattacharyya", "silhouette")}
+        truth["silhouette"] = float(np.mean(sil_gains))
         truth["probe_auroc"] = truth_probe_gain(p, n_pc)
         rng = np.random.default_rng(seed + n_pc)
         rec = {m: {"v": [], "new_se": [], "new_cover": [], "old_se": [], "old_cover": [], "indep_se": []} for m in METRICS}
@@ -308,6 +320,131 @@ def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed
             }
         out["sizes"][str(n_pc)] = {"reps": reps, "seconds": round(time.perf_counter() - start, 2), "metrics": rows}
         print(f"  gain {spectrum} {n_pc}/class done in {out['sizes'][str(n_pc)]['seconds']} s", file=sys.stderr, flush=True)
+    return out
+
+
+def subsample_weights(y: np.ndarray, frac: float, n_rep: int, seed: int) -> np.ndarray:
+    """0/1 weights (n x n_rep): in each column round(frac * n_c) texts of each class drawn
+    without replacement (a delete-d jackknife subsample, stratified by class)."""
+    rng = np.random.default_rng(seed)
+    W = np.zeros((y.size, n_rep))
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        m = int(round(frac * idx.size))
+        for j in range(n_rep):
+            W[rng.choice(idx, m, replace=False), j] = 1.0
+    return W
+
+
+def second_level_weights(y: np.ndarray, W: np.ndarray, seed: int) -> np.ndarray:
+    """One resample of each resample (column of the counts ``W``), stratified by class: the
+    second level of a double bootstrap with one inner draw per outer replicate."""
+    rng = np.random.default_rng(seed)
+    W2 = np.zeros_like(W, dtype=float)
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        for b in range(W.shape[1]):
+            w = W[idx, b].astype(float)
+            W2[idx, b] = rng.multinomial(int(round(w.sum())), w / w.sum())
+    return W2
+
+
+def run_fallback_bias_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed: int,
+                            n_sub: int = 40) -> dict[str, Any]:
+    """Two questions about the report's gain, one pass over fresh data sets.
+
+    1. The independent fallback sqrt(SE_base^2 + SE_aligned^2) (each run's own reported stderr)
+       against the true sd of the gain (a) when both runs measured the *same* texts (the aligned
+       states a shift of the base ones; the usual case) and (b) when they measured *independent*
+       samples of texts (the formula's premise).
+    2. Bias corrections of the paired gain's basic interval (PCA metrics, basis refitted per
+       replicate): the basic interval as it is; the same interval moved by the delete-d jackknife's
+       bias estimate in place of the bootstrap's, ``(n - d) / d * mean(theta_(d) - theta_hat)``
+       over ``n_sub`` stratified subsamples without replacement (d = n / 2: half-sampling;
+       d = n / 5); the same interval moved by the double bootstrap's bias estimate
+       ``2 (mean theta* - theta_hat) - (mean theta** - mean theta*)`` (one second-level resample
+       per replicate; Davison & Hinkley 1997, section 3.9); and the percentile interval."""
+    from safespace_tasks.metrics import separation_metrics, stratified_bootstrap_weights
+    from safespace_tasks.pca_refit import pca_refit_replicates
+
+    pca_m = ("bcv_ratio", "bhattacharyya", "silhouette")
+    zq = 1.959963984540054
+    p = planted_spectrum(spectrum)
+    pb = aligned_of(p)
+    ta, tb = truth_pca_metrics(p), truth_pca_metrics(pb)
+    out: dict[str, Any] = {"spectrum": spectrum, "n_sub": n_sub, "sizes": {}}
+    methods = ("basic", "jack_half", "jack_fifth", "double", "percentile")
+    sil_gains = truth_silhouette_gain(p, pb)
+    out["silhouette_truth_by_seed"] = sil_gains
+    for n_pc in sizes:
+        truth = {m: tb[m] - ta[m] for m in pca_m}
+        truth["silhouette"] = float(np.mean(sil_gains))
+        truth["probe_auroc"] = truth_probe_gain(p, n_pc)
+        rng = np.random.default_rng(seed + n_pc)
+        rec = {m: {"same": [], "indep": [], "se_same": [], "se_indep": [], "cover_indep": [], "boot_bias": [],
+                   **{f"cover_{k}": [] for k in methods}, **{f"bias_{k}": [] for k in methods[1:4]}} for m in METRICS}
+        start = time.perf_counter()
+        for r in range(reps):
+            Xa, y = sample(p, n_pc, rng)
+            Xb = Xa + y[:, None] * p["align"]
+            Xc, _ = sample(pb, n_pc, rng)  # the aligned model on an independent sample of texts
+            s = seed + r
+            ra, rb, rc = (separation_metrics(X, y, k=K, n_boot=n_boot, seed=s, n_permutations=0) for X in (Xa, Xb, Xc))
+            for m in METRICS:
+                q = rec[m]
+                q["same"].append(rb.values[m] - ra.values[m])
+                q["indep"].append(rc.values[m] - ra.values[m])
+                q["se_same"].append(math.hypot(ra.stderr[m], rb.stderr[m]))
+                se_i = math.hypot(ra.stderr[m], rc.stderr[m])
+                q["se_indep"].append(se_i)
+                q["cover_indep"].append(bool(abs(q["indep"][-1] - truth[m]) <= zq * se_i))
+            W = stratified_bootstrap_weights(y, n_boot, s + 1)
+            Wh = subsample_weights(y, 0.5, n_sub, s + 101)
+            Wf = subsample_weights(y, 0.8, n_sub, s + 202)
+            W2 = second_level_weights(y, W, s + 303)
+            full = np.hstack([W, Wh, Wf, W2])
+            reps_ab = [pca_refit_replicates(X, y, full, K, ridge=0.0, metrics=pca_m) for X in (Xa, Xb)]
+            for m in pca_m:
+                g = rb.values[m] - ra.values[m]
+                d_all = reps_ab[1][m] - reps_ab[0][m]
+                boot, half = d_all[:n_boot], d_all[n_boot:n_boot + n_sub]
+                fifth, second = d_all[n_boot + n_sub:n_boot + 2 * n_sub], d_all[n_boot + 2 * n_sub:]
+                boot = boot[np.isfinite(boot)]
+                q_lo, q_hi = np.quantile(boot, [0.025, 0.975])
+                b_boot = float(np.mean(boot) - g)
+                b_half = float(np.nanmean(half) - g)  # (n - d) / d = 1
+                b_fifth = 4.0 * float(np.nanmean(fifth) - g)  # (n - d) / d = 4
+                b_double = 2 * b_boot - float(np.nanmean(second) - np.mean(boot))
+                ivs = {"basic": (2 * g - q_hi, 2 * g - q_lo), "percentile": (q_lo, q_hi),
+                       "jack_half": (2 * g - q_hi - (b_half - b_boot), 2 * g - q_lo - (b_half - b_boot)),
+                       "jack_fifth": (2 * g - q_hi - (b_fifth - b_boot), 2 * g - q_lo - (b_fifth - b_boot)),
+                       "double": (2 * g - q_hi - (b_double - b_boot), 2 * g - q_lo - (b_double - b_boot))}
+                q = rec[m]
+                q["boot_bias"].append(b_boot)
+                q["bias_jack_half"].append(b_half)
+                q["bias_jack_fifth"].append(b_fifth)
+                q["bias_double"].append(b_double)
+                for k_, (lo, hi) in ivs.items():
+                    q[f"cover_{k_}"].append(bool(lo <= truth[m] <= hi))
+        rows = {}
+        for m, q in rec.items():
+            same, indep = np.array(q["same"]), np.array(q["indep"])
+            sd_s, sd_i = float(np.std(same, ddof=1)), float(np.std(indep, ddof=1))
+            row = {"truth": truth[m], "true_sd_same_texts": sd_s, "true_sd_independent_texts": sd_i,
+                   "fallback_se_over_sd_same_texts": float(np.mean(q["se_same"]) / sd_s),
+                   "fallback_se_over_sd_independent_texts": float(np.mean(q["se_indep"]) / sd_i),
+                   "fallback_coverage_independent_texts": float(np.mean(q["cover_indep"]))}
+            if m in pca_m:
+                row["bias_over_sd"] = float((same.mean() - truth[m]) / sd_s)
+                row["bootstrap_bias_over_sd"] = float(np.mean(q["boot_bias"]) / sd_s)
+                for k_ in methods[1:4]:
+                    row[f"{k_}_bias_over_sd"] = float(np.mean(q[f"bias_{k_}"]) / sd_s)
+                for k_ in methods:
+                    row[f"coverage_{k_}"] = float(np.mean(q[f"cover_{k_}"]))
+            rows[m] = row
+        out["sizes"][str(n_pc)] = {"reps": reps, "seconds": round(time.perf_counter() - start, 2), "metrics": rows}
+        print(f"  fallback/bias {spectrum} {n_pc}/class done in {out['sizes'][str(n_pc)]['seconds']} s",
+              file=sys.stderr, flush=True)
     return out
 
 
@@ -372,6 +509,25 @@ def gain_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fallback_bias_table(res: dict[str, Any]) -> str:
+    lines = ["| spectrum | texts/class | metric | fallback SE / true sd, independent texts (coverage) | ... same texts | "
+             "bias / sd: plug-in, bootstrap, jackknife n/2, double | coverage: basic, jackknife n/2, jackknife n/5, "
+             "double, percentile |", "|---|---|---|---|---|---|---|"]
+    for n_pc, block in res["sizes"].items():
+        for m, r in block["metrics"].items():
+            row = (f"| {res['spectrum']} | {n_pc} | {m} | {r['fallback_se_over_sd_independent_texts']:.2f} "
+                   f"({r['fallback_coverage_independent_texts']:.3f}) | {r['fallback_se_over_sd_same_texts']:.2f} |")
+            if "coverage_basic" in r:
+                row += (f" {r['bias_over_sd']:+.2f}, {r['bootstrap_bias_over_sd']:+.2f}, {r['jack_half_bias_over_sd']:+.2f}, "
+                        f"{r['double_bias_over_sd']:+.2f} | " + ", ".join(
+                            f"{r['coverage_' + k]:.3f}" for k in ("basic", "jack_half", "jack_fifth", "double", "percentile"))
+                        + " |")
+            else:
+                row += " | |"
+            lines.append(row)
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any]) -> str:
     lines = ["| code | texts/class | metric | truth | coverage | stderr / true sd | bias |", "|---|---|---|---|---|---|---|"]
     for code, res in results.items():
@@ -395,6 +551,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="d10: the d = k = 10 study; eigengap / powerlaw: the d = 64 spectra of planted_spectrum")
     ap.add_argument("--gain", action="store_true",
                     help="study the report's paired gain (base vs a shifted aligned model) instead of one model")
+    ap.add_argument("--fallback-bias", action="store_true",
+                    help="the report's independent fallback (same vs independent texts) and bias corrections of the gain")
+    ap.add_argument("--n-sub", type=int, default=40, help="subsamples per delete-d jackknife (--fallback-bias)")
     ap.add_argument("--probe-only", action="store_true",
                     help="the probe AUROC's old (fixed-score bootstrap) and new (CV-corrected) intervals only")
     ap.add_argument("--compare-old", default=None, help="path of a checkout with the old package (runs it too)")
@@ -409,6 +568,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res = run_probe_study(a.spectrum, sizes, a.reps, a.n_boot, a.seed)
         record = {"benchmark": "calibration_probe", "command": command, "results": res}
         print(probe_table(res))
+        if a.out:
+            Path(a.out).write_text(json.dumps(record, indent=2))
+            print(f"wrote {a.out}")
+        return record
+    if a.fallback_bias:
+        if a.spectrum == "d10":
+            ap.error("--fallback-bias needs --spectrum eigengap or powerlaw")
+        res = run_fallback_bias_study(a.spectrum, sizes, a.reps, a.n_boot, a.seed, n_sub=a.n_sub)
+        record = {"benchmark": "calibration_fallback_bias", "command": command, "k": K, "results": res}
+        print(fallback_bias_table(res))
         if a.out:
             Path(a.out).write_text(json.dumps(record, indent=2))
             print(f"wrote {a.out}")

@@ -146,3 +146,27 @@ def test_paired_probe_gain_interval_uses_the_per_fold_differences_of_both_models
     assert d.difference["probe_auroc"] == pytest.approx(fb.auroc - fa.auroc)
     lo, hi = d.ci["probe_auroc"]
     assert lo < d.difference["probe_auroc"] < hi and sp["method"] == M.CV_METHOD
+
+
+def test_independent_fallback_matches_the_gain_spread_of_independent_samples_and_is_conservative_on_shared_texts():
+    """The report's fallback sqrt(SE_base^2 + SE_aligned^2) from each run's own stderr: about the
+    true sd of the gain when the two runs measured independent samples of texts, and well above
+    it when they measured the same texts (the shared sampling error cancels in the gain)."""
+    p = BC.planted_spectrum("powerlaw")
+    pb = BC.aligned_of(p)
+    rng = np.random.default_rng(31)
+    same, indep, se_same, se_indep = [], [], [], []
+    for r in range(40):
+        Xa, y = BC.sample(p, 100, rng)
+        Xb = Xa + y[:, None] * p["align"]  # the aligned model on the same texts
+        Xc, _ = BC.sample(pb, 100, rng)  # ... and on an independent sample of texts
+        ra, rb, rc = (M.separation_metrics(X, y, k=BC.K, n_boot=50, n_permutations=0, probe=False, seed=r)
+                      for X in (Xa, Xb, Xc))
+        same.append(rb.values["bcv_ratio"] - ra.values["bcv_ratio"])
+        indep.append(rc.values["bcv_ratio"] - ra.values["bcv_ratio"])
+        se_same.append(np.hypot(ra.stderr["bcv_ratio"], rb.stderr["bcv_ratio"]))
+        se_indep.append(np.hypot(ra.stderr["bcv_ratio"], rc.stderr["bcv_ratio"]))
+    ratio_indep = np.mean(se_indep) / np.std(indep, ddof=1)
+    ratio_same = np.mean(se_same) / np.std(same, ddof=1)
+    assert 0.75 < ratio_indep < 1.4, f"fallback / true sd on independent samples: {ratio_indep:.2f}"
+    assert ratio_same > 1.8, f"fallback / true sd on shared texts: {ratio_same:.2f}"

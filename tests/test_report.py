@@ -284,6 +284,8 @@ def test_run_without_saved_states_falls_back_to_independent_intervals(runs, resu
     g = summary["gains"][0]["families"]["toxicity"]["silhouette"]["per_language"]["de"]
     se = math.hypot(_stderr(results["base"], "de", "silhouette"), _stderr(results["aligned"], "de", "silhouette"))
     assert g["method"] == "independent" and g["se"] == pytest.approx(se, rel=1e-12)
+    # same data, settings and text count: the note says the interval is conservative, not exact
+    assert "most likely measured the same texts" in _texts(rep, "note") and "conservative" in text
     assert _csv(rep.tables["toxicity_silhouette"])["de"]["gain aligned − base method"] == "independent"
     assert "* marks an independent interval" in rep.markdown.read_text()
     assert png_size(rep.images["toxicity_pca"]) == figure_pixels(2, 3, "pca")  # the other model's panels still drawn
@@ -315,6 +317,7 @@ def test_runs_on_different_texts_cannot_be_paired(runs, results, tmp_path):
     rep = build_report([runs["base"], b], tmp_path / "r", labels={runs["base"]: "base", b: "aligned"},
                        base="base", aligned=["aligned"], plots=False, progress=False)
     assert "the runs measured different texts (40 and 40 texts, 0 shared)" in _texts(rep, "note")
+    assert "same texts" not in _texts(rep, "note")  # the states show they are not: no conservative note
     per_lang = json.loads(rep.summary.read_text())["gains"][0]["families"]["toxicity"]["bcv_ratio"]["per_language"]
     assert per_lang["de"]["method"] == "independent" and per_lang["en"]["method"] == "paired bootstrap"
 

@@ -365,15 +365,18 @@ def _method_notes(comp: Comparison) -> list[str]:
     if PAIRED in methods:
         n = sorted({g.n_boot for g in comp.gains.values() if g.method == PAIRED and g.n_boot})
         notes.append(
-            f"Gain intervals (paired): gain ± {comp.z:.2f} × SE, SE = standard deviation of aligned − base over "
-            f"{', '.join(map(str, n))} bootstrap resamples of the texts, each resample scoring both models on the same "
-            "texts with each run's own PCA basis, ridge and probe folds (the saved states reproduce the reported "
-            "values exactly, which is checked)."
+            f"Gain intervals (paired): {', '.join(map(str, n))} bootstrap resamples of the texts, each resample "
+            "scoring both models on the same texts with each run's ridge and probe folds and each model's PCA basis "
+            "refitted on the resample; SE = standard deviation of aligned − base over the resamples; the interval is "
+            "the basic bootstrap interval (2·gain − upper and lower quantile of the resampled gains) for the PCA "
+            "metrics and the cross-validation-corrected t interval for the probe AUROC (docs/statistics.md; the "
+            "saved states reproduce the reported values exactly, which is checked)."
         )
     if INDEPENDENT in methods:
         notes.append(
             f"Gain intervals (independent, marked *): gain ± {comp.z:.2f} × sqrt(SE_base² + SE_aligned²), used where "
-            "the two runs' texts could not be paired; it ignores what the texts share and is usually wider."
+            "the two runs' texts could not be paired. Right for independent samples of texts; on the same texts "
+            "it ignores what they share and is conservative (several times wider than the paired interval)."
         )
     if comp.pairs:
         notes.append("Mean gain: mean of the language gains, SE = sqrt(Σ SE²) / L (languages are independent text "

@@ -7,7 +7,8 @@ report adds is computed here and says how:
   JSON values, with an interval from a **paired bootstrap** over the texts when both runs saved
   their states for the same texts (one resample of texts scores both models, see
   :func:`safespace_tasks.metrics.paired_bootstrap_difference`), else from the two runs' own
-  standard errors taken as **independent** (``sqrt(se_a^2 + se_b^2)``);
+  standard errors taken as **independent** (``sqrt(se_a^2 + se_b^2)``: right for independent samples
+  of texts, conservative for two runs on the same texts, which a note then says);
 - the mean over languages (the results JSON's group row when it covers exactly these languages,
   else the mean of the language rows) and the English-minus-rest gap ``en - mean(other languages)``.
 
@@ -43,6 +44,16 @@ PAIRED = "paired bootstrap"
 # pair metrics of the paired families (toxic sentence and its rewrite), from the metric table.
 PAIR_METRICS = mt.PAIR_METRICS
 INDEPENDENT = "independent"
+# The independent interval is right for two independent samples of texts (its SE is 0.87-1.19x the
+# gain's true sd there on the planted d = 64 spectra, docs/statistics.md); two runs on the same
+# texts share most of their sampling error, which cancels in the gain and which this interval
+# cannot see without the states.
+SAME_TEXTS_NOTE = (
+    "The two runs have the same data, settings and text count, so they most likely measured the same "
+    "texts: what those texts contribute to both values cancels in the gain, and this interval, which cannot "
+    "see that without the states, is conservative (on planted data its SE is 1.7-4.6x the gain's true spread). "
+    "Save the states of both runs for the paired interval."
+)
 
 
 def metric_range(metric: str) -> tuple[float, float]:
@@ -658,16 +669,22 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
             if unpaired:
                 why = f"the report has no paired bootstrap for {', '.join(unpaired)}"
         if why and any(g.method == INDEPENDENT for g in made):
-            fallback.setdefault((pair[0], pair[1], fam, why), []).append(lang)
+            # no states to tell, but the same version, settings (data, --limit, seed) and text count:
+            # almost surely the same texts
+            same_texts = (not flags and (a.states_path is None or b.states_path is None)
+                          and bool(set(wanted) & set(mt.SEPARATION_METRICS)))
+            fallback.setdefault((pair[0], pair[1], fam, why, same_texts), []).append(lang)
         elif any(math.isfinite(g.value) and g.method is None and has_interval(g.metric) for g in made):
-            fallback.setdefault((pair[0], pair[1], fam, "no interval"), []).append(lang)
-    for (base, aligned, fam, why), langs in fallback.items():
+            fallback.setdefault((pair[0], pair[1], fam, "no interval", False), []).append(lang)
+    for (base, aligned, fam, why, same_texts), langs in fallback.items():
         if why == "no interval":
             text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has no interval for some metrics: the runs "
                     "report no standard error for them and the texts could not be paired.")
         else:
             text = (f"{fam}: gain {aligned} - {base} in {', '.join(langs)} has an independent interval "
                     f"(sqrt(se_base^2 + se_aligned^2)), not a paired one: {why}.")
+            if same_texts:
+                text += (" " + SAME_TEXTS_NOTE)
         comp.notices.append(Notice("note", text))
 
 
