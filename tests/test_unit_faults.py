@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 
 import numpy as np
@@ -19,22 +20,21 @@ from safespace_tasks.units import CLASSES, RunningStats, UnitLayout, UnitStatist
 # ---------- the mask fingerprint ----------
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model, tmp_path_factory, monkeypatch_module):
+def loaded(tiny_model, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     copy = tmp_path_factory.mktemp("elsewhere") / "same_weights"
     shutil.copytree(tiny_model, copy)
-    monkeypatch_module.chdir(copy.parent)
     load = lambda path, dtype: AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()  # noqa: E731
-    return {"f32": load(str(tiny_model), torch.float32), "copy_relative": load("./same_weights", torch.float32),
-            "bf16": load(str(tiny_model), torch.bfloat16), "copy_bf16": load("./same_weights", torch.bfloat16)}
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+    # the relative path is read from the copy's parent folder; the working folder is restored at once,
+    # since later tests resolve a relative $SAFESPACE_DATA_DIR (CI sets ../shared/data) against it
+    here = os.getcwd()
+    os.chdir(copy.parent)
+    try:
+        return {"f32": load(str(tiny_model), torch.float32), "copy_relative": load("./same_weights", torch.float32),
+                "bf16": load(str(tiny_model), torch.bfloat16), "copy_bf16": load("./same_weights", torch.bfloat16)}
+    finally:
+        os.chdir(here)
 
 
 def test_fingerprint_ignores_folder_path_spelling_and_load_dtype(loaded):
