@@ -204,8 +204,10 @@ def plot_gains(comp: Comparison, pair: tuple[str, str], family: str, path: Path)
             ax.bar(i, g.value, 0.7, color="#55a868" if g.value >= 0 else "#c44e52", hatch=hatch,
                    edgecolor="white" if hatch else None, linewidth=0)
             if g.low is not None:
-                ax.errorbar(i, g.value, yerr=[[g.value - g.low], [g.high - g.value]], color="#333333",
-                            capsize=3, elinewidth=0.9)
+                # drawn from its ends, not as an error around the bar: a basic bootstrap interval of a
+                # skewed metric need not contain the point gain
+                ax.vlines(i, g.low, g.high, color="#333333", linewidth=0.9)
+                ax.hlines([g.low, g.high], i - 0.1, i + 0.1, color="#333333", linewidth=0.9)
         ax.set_xticks(x, langs, fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
         _fit_ylim(ax, vals, lows, highs)
