@@ -240,15 +240,13 @@ def _results_files(run: Path) -> list[Path]:
 
 
 def _entries(files: Sequence[Path], notices: list[str]) -> dict[tuple[Path, str], _Entry]:
+    from safespace_tasks.report.runs import read_results_file
+
     out: dict[tuple[Path, str], _Entry] = {}
     for f in files:  # oldest first: the newest file wins for a task evaluated twice
-        try:
-            doc = _read_json(f)
-        except (OSError, json.JSONDecodeError) as err:
-            notices.append(f"{f}: unreadable results JSON ({err}); skipped.")
-            continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
-            notices.append(f"{f}: not an lm-eval results JSON (no 'results' table); skipped.")
+        doc, problem = read_results_file(f)
+        if doc is None:
+            notices.append(problem)
             continue
         date = f.stem[len("results_"):]
         details_path = f.parent / f"safespace_details_{date}.json"

@@ -247,6 +247,18 @@ def parse_metrics(row: dict[str, Any], unreadable: dict[str, Any] | None = None)
 # --------------------------------------------------------------------------- discovery
 
 
+def read_results_file(f: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """One lm-eval results JSON: ``(doc, None)``, or ``(None, why it is skipped)`` when it is unreadable
+    or holds no ``results`` table (lm-eval may write NaN there; Python's reader accepts it)."""
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        return None, f"{f}: unreadable results JSON ({err}); skipped."
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+        return None, f"{f}: not an lm-eval results JSON (no 'results' table); skipped."
+    return doc, None
+
+
 def discover_runs(path: str | Path) -> list[Path]:
     """Folders (or single results files) that hold one model's results under ``path``.
 
@@ -288,13 +300,9 @@ def load_run(path: str | Path) -> Run:
     problems: list[str] = []
     docs: list[tuple[Path, dict[str, Any]]] = []
     for f in files:
-        try:
-            doc = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            problems.append(f"{f}: unreadable results JSON ({err}); skipped.")
-            continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
-            problems.append(f"{f}: not an lm-eval results JSON (no 'results' table); skipped.")
+        doc, problem = read_results_file(f)
+        if doc is None:
+            problems.append(problem)
             continue
         docs.append((f, doc))
     if not docs:
