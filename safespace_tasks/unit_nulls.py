@@ -26,6 +26,13 @@ exchangeable requests it is uniform (tests/test_unit_nulls.py). A value near ``n
 ``p`` says the two SCU sets cannot be told apart at this sample size — which is *not* evidence of
 shared safety units beyond what the shared utility set and the shared model force.
 
+That null is the **ceiling**. The **floor** (:func:`floor_null`) is the overlap when the two sets
+share the utility scores but not their safety-specific units: set b's safety scores keep, per layer
+and module type, their line on the utility scores, and the residuals are dealt at random among the
+stratum's units. ``floor`` is the mean Jaccard of those deals and ``p_floor`` the upper-tail
+p-value: small means the SCU sets share more than the shared utility scores force. An observed
+overlap reads between ``floor`` and ``null``.
+
 Per-request weighting (:func:`equal_weight`): pooled over tokens, a request of 140 tokens weighs
 eight times one of 17. ``equal_weight`` turns one request's statistics into a weight-1 summary
 (its mean and its within-request variance), so that merged statistics hold the variance of a
@@ -56,8 +63,8 @@ from safespace_tasks.units import (
     unit_scores,
 )
 
-__all__ = ["equal_weight", "group_ids", "GroupStack", "merge_groups", "scu_set", "overlap_null",
-           "split_half_own_utility"]
+__all__ = ["equal_weight", "group_ids", "GroupStack", "merge_groups", "scu_set", "overlap_null", "floor_null",
+           "residual_shuffle", "split_half_own_utility"]
 
 
 def equal_weight(stats: UnitStatistics) -> UnitStatistics:
@@ -227,12 +234,63 @@ def overlap_null(groups_a: Sequence[UnitStatistics], groups_b: Sequence[UnitStat
     tol = 1e-12
     below = int(np.sum(null <= value + tol))
     p = below / len(null) if exhaustive else (1 + below) / (1 + len(null))
+    z_a = unit_scores(merge_groups(pool, observed), layout, settings.ddof)
+    z_b = unit_scores(merge_groups(pool, ~observed), layout, settings.ddof)
+    floor = floor_null(z_a, z_b, z_utility, layout, settings, n_perm=n_perm, seed=seed)
     return {"jaccard": value, "null": float(np.mean(null)), "null_sd": float(np.std(null)), "p": float(p),
             "p_upper": float(np.sum(null >= value - tol) / len(null) if exhaustive
                              else (1 + np.sum(null >= value - tol)) / (1 + len(null))),
+            "floor": floor["floor"], "floor_sd": floor["floor_sd"], "p_floor": floor["p"],
             "expected_random": expected_random_jaccard(layout.n_units, size_a, size_b),
             "sizes": [size_a, size_b], "groups": [na, len(sb)], "deals": len(null), "paired": paired,
             "exhaustive": exhaustive}
+
+
+def unit_strata(layout: UnitLayout) -> np.ndarray:
+    """Stratum of every unit in canonical order: ``2 * layer + module type`` (0 = MLP neurons, 1 = heads)."""
+    layer, kind, _ = layout.unit_index()
+    return 2 * layer + kind
+
+
+def residual_shuffle(z: np.ndarray, z_utility: np.ndarray, strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``z`` with its unit-specific part made independent of the units: per stratum (layer x module
+    type) the least-squares line of ``z`` on ``z_utility`` is kept and the residuals are permuted
+    among the stratum's units. What the line carries (the stratum's level and its tie to the shared
+    utility scores) is kept; which unit stands out beyond it is dealt at random."""
+    z, z_utility = np.asarray(z, np.float64), np.asarray(z_utility, np.float64)
+    out = np.empty_like(z)
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        x, y = z_utility[idx], z[idx]
+        xc = x - x.mean()
+        sxx = float(xc @ xc)
+        slope = float(xc @ (y - y.mean())) / sxx if sxx > 0 else 0.0
+        fit = y.mean() + slope * xc
+        out[idx] = fit + (y - fit)[rng.permutation(len(idx))]
+    return out
+
+
+def floor_null(z_a: np.ndarray, z_b: np.ndarray, z_utility: np.ndarray, layout: UnitLayout,
+               settings: ClassSettings = ClassSettings(), n_perm: int = 128, seed: int = 0) -> dict[str, Any]:
+    """The floor of an SCU overlap: the Jaccard two SCU sets reach when they share the utility
+    scores (and each stratum's tie to them) but nothing else.
+
+    Set b's safety scores are replaced by :func:`residual_shuffle` of them ``n_perm`` times, set a's
+    are kept, and both SCU sets are found against the same ``z_utility``. ``floor`` is the mean of
+    those Jaccards; ``p`` the upper-tail permutation p-value ``(1 + #{J_floor >= J}) / (1 + R)``:
+    small means the two sets share SCUs beyond what the shared utility scores force (evidence of
+    shared safety units). With the re-dealing null of :func:`overlap_null` (the ceiling: requests
+    exchangeable) an observed Jaccard reads between ``floor`` and ``null``."""
+    params = layout.unit_params()
+    strata = unit_strata(layout)
+    x = scu_set(z_a, z_utility, params, settings)
+    value = jaccard(x, scu_set(z_b, z_utility, params, settings))
+    rng = np.random.default_rng(seed + 7)
+    null = np.array([jaccard(x, scu_set(residual_shuffle(z_b, z_utility, strata, rng), z_utility, params, settings))
+                     for _ in range(n_perm)])
+    above = int(np.sum(null >= value - 1e-12))
+    return {"jaccard": value, "floor": float(np.mean(null)), "floor_sd": float(np.std(null)),
+            "p": float((1 + above) / (1 + len(null))), "permutations": len(null)}
 
 
 def split_half_own_utility(halves: Sequence[UnitStatistics], utility_halves: Sequence[UnitStatistics],

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safespace_tasks.unit_nulls import GroupStack, equal_weight, group_ids, merge_groups, overlap_null, scu_set, \
-    split_half_own_utility
+from safespace_tasks.unit_nulls import GroupStack, equal_weight, floor_null, group_ids, merge_groups, overlap_null, \
+    residual_shuffle, scu_set, split_half_own_utility, unit_strata
 from safespace_tasks.units import (
     ClassSettings,
     RunningStats,
@@ -169,3 +169,80 @@ def test_equal_weight_matches_a_numpy_mixture_over_requests():
     assert not np.allclose(pooled, var)
     empty = equal_weight(UnitStatistics({"mlp": RunningStats.empty((2, 5)), "attn": RunningStats.empty((2, 2))}))
     assert empty.count == 0
+
+
+def _tied_scores(rng, layout, z_u, shared=None, slope=0.6):
+    """Safety scores with a per-stratum line on the utility scores and independent unit residuals;
+    ``shared``: units that stand out (+3) in every set drawn with it."""
+    strata = unit_strata(layout)
+    z = slope * z_u + 0.3 * strata / strata.max() + rng.normal(size=layout.n_units)
+    if shared is not None:
+        z[shared] += 3.0
+    return z
+
+
+def test_residual_shuffle_keeps_each_stratums_line_and_residuals():
+    layout = _layout()
+    rng = np.random.default_rng(11)
+    z_u = rng.normal(size=layout.n_units)
+    z = _tied_scores(rng, layout, z_u)
+    strata = unit_strata(layout)
+    out = residual_shuffle(z, z_u, strata, np.random.default_rng(0))
+    assert not np.allclose(out, z)
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        line = np.polyfit(z_u[idx], z[idx], 1)
+        res = lambda v: np.sort(v - np.polyval(line, z_u[idx]))
+        # the same residuals about the same line, dealt to other units; the stratum's mean kept
+        np.testing.assert_allclose(res(out[idx]), res(z[idx]), atol=1e-10)
+        assert out[idx].mean() == pytest.approx(z[idx].mean(), abs=1e-12)
+        assert not np.allclose(out[idx], z[idx])
+    assert np.array_equal(strata, np.repeat(np.arange(2 * L), np.tile([NN, H], L)))
+
+
+def test_floor_equals_the_overlap_of_independent_safety_scores_and_its_p_is_uniform():
+    """Two sets whose safety scores share only the utility line: the floor matches the mean Jaccard
+    of fresh independent draws, and p_floor is roughly uniform over data sets."""
+    layout = _layout()
+    params = layout.unit_params()
+    p, floors, fresh = [], [], []
+    for rep in range(60):
+        rng = np.random.default_rng(1000 + rep)
+        z_u = rng.normal(size=layout.n_units)
+        z_a, z_b = _tied_scores(rng, layout, z_u), _tied_scores(rng, layout, z_u)
+        res = floor_null(z_a, z_b, z_u, layout, CS, n_perm=99, seed=rep)
+        p.append(res["p"])
+        floors.append(res["floor"])
+        x = set(scu_set(z_a, z_u, params, CS))
+        for _ in range(20):
+            y = set(scu_set(_tied_scores(rng, layout, z_u), z_u, params, CS))
+            fresh.append(len(x & y) / len(x | y))
+    p = np.array(p)
+    assert abs(np.mean(floors) - np.mean(fresh)) < 0.02
+    assert np.mean(p <= 0.05) <= 0.12 and 0.35 <= p.mean() <= 0.65
+
+
+def test_floor_p_is_small_with_planted_shared_safety_units():
+    layout = _layout()
+    p, gap = [], []
+    for rep in range(10):
+        rng = np.random.default_rng(2000 + rep)
+        z_u = rng.normal(size=layout.n_units)
+        shared = rng.choice(layout.n_units, 12, replace=False)
+        res = floor_null(_tied_scores(rng, layout, z_u, shared), _tied_scores(rng, layout, z_u, shared), z_u, layout, CS,
+                         n_perm=99, seed=rep)
+        p.append(res["p"])
+        gap.append(res["jaccard"] - res["floor"])
+    assert np.mean(np.array(p) <= 0.05) >= 0.9 and min(gap) > 0
+
+
+def test_overlap_null_reports_the_floor_below_the_ceiling():
+    layout = _layout()
+    floors, ceilings = [], []
+    for rep in range(6):
+        ga, gb, u = _scenario(np.random.default_rng(300 + rep), "null")
+        res = overlap_null(ga, gb, unit_scores(u, layout), layout, CS, n_perm=64, seed=rep, paired=True)
+        assert 1 / 65 <= res["p_floor"] <= 1 and res["floor_sd"] >= 0
+        floors.append(res["floor"]), ceilings.append(res["null"])
+    # the sets share their safety-specific variance (the scenario's base): the ceiling lies above the floor
+    assert np.mean(floors) < np.mean(ceilings)
