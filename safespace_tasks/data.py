@@ -564,3 +564,49 @@ def multijail_rows(language: str, data_dir: str | os.PathLike | None = None) -> 
 
 
 __all__ += ["MULTIJAIL_LANGUAGES", "MULTIJAIL", "advbench_rows", "safety_refusal_rows", "alpaca_seed_rows", "multijail_rows"]
+
+
+# --- XSTest v2 (over-refusal; mirror folder xstest/, see the mirror README) -------------------------
+
+XSTEST_COMPLETION_MODELS = ("gpt4", "llama2orig", "mistralinstruct")
+
+
+def _xstest_file(relpath: str, columns: tuple[str, ...], data_dir) -> list[dict[str, Any]]:
+    root = resolve_data_dir(data_dir)
+    if root is not None and not (root / "xstest").is_dir():
+        raise DataError(f"{root / 'xstest'} is missing: the mirror root {root} must hold XSTest v2 "
+                        "(xstest/prompts.jsonl and xstest/completions/<model>.jsonl; see the mirror README).")
+    return _unit_rows(relpath, columns, data_dir)
+
+
+def xstest_rows(data_dir: str | os.PathLike | None = None, label: str | None = None,
+                types: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The 450 XSTest v2 prompts (``id``, ``prompt``, ``type``, ``label``), in file order.
+
+    ``label``: ``"safe"`` (250 prompts that only look risky: refusing them is over-refusal) or
+    ``"unsafe"`` (200 contrasts, types starting ``contrast_``); ``types``: keep only these types
+    (an unknown type is an error, so a typo cannot silently select nothing).
+    """
+    if label not in (None, "safe", "unsafe"):
+        raise DataError(f"XSTest label {label!r}: choose 'safe' or 'unsafe'.")
+    rows = _xstest_file("xstest/prompts.jsonl", ("id", "prompt", "type", "label"), data_dir)
+    if types is not None:
+        types = set(types)
+        unknown = types - {r["type"] for r in rows}
+        if unknown:
+            raise DataError(f"unknown XSTest type(s) {sorted(unknown)}; known: {sorted({r['type'] for r in rows})}.")
+        rows = [r for r in rows if r["type"] in types]
+    return [r for r in rows if label is None or r["label"] == label]
+
+
+def xstest_completion_rows(model: str, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """A model's labelled replies to every XSTest prompt: ``id`` (``v2-<prompt id>``), ``type``,
+    ``prompt``, ``completion``, ``final_label`` (``1_full_compliance``, ``2_full_refusal``,
+    ``3_partial_refusal``)."""
+    if model not in XSTEST_COMPLETION_MODELS:
+        raise DataError(f"XSTest has no completions of {model!r}; it has {', '.join(XSTEST_COMPLETION_MODELS)}.")
+    return _xstest_file(f"xstest/completions/{model}.jsonl", ("id", "type", "prompt", "completion", "final_label"),
+                        data_dir)
+
+
+__all__ += ["XSTEST_COMPLETION_MODELS", "xstest_rows", "xstest_completion_rows"]
