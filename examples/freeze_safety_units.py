@@ -1,22 +1,29 @@
-"""Freezing safety units through a short benign fine-tuning: none frozen, SCUs frozen, SCUs + top CUs frozen.
+"""Freezing safety units through a short benign fine-tuning, as the paper ran it.
 
     python examples/freeze_safety_units.py MODEL_FOLDER --units RUN_DIR --out runs/freeze
-        [--modes none,scu,scu_cu] [--top-cu 0.05] [--steps 30] [--lr 5e-5] [--batch-size 8]
-        [--n-requests 100] [--max-new-tokens 64]
+        [--modes none,scu,scu_cu,scu_allcu] [--top-cu 0.06] [--step-factor scu_allcu=2] [--steps 30]
+        [--lr 5e-5] [--batch-size 8] [--n-requests 100] [--n-xstest 250] [--max-new-tokens 64]
 
 RUN_DIR holds ``unit_stats.safetensors`` and ``mask.safetensors`` of MODEL_FOLDER (as written by
 ``examples/prune_safety_units.py`` or ``safespace units stats`` + ``safespace units mask``).
 
 Per mode, from the same starting weights and the same seeded batches:
-* the frozen units: ``none``; ``scu`` (the mask's SCUs); ``scu_cu`` (the SCUs and the complex units
-  with the highest z_safety + z_utility, until they hold ``--top-cu`` of the unit parameters);
+* the frozen units: ``none``; ``scu`` (the mask's SCUs); ``scu_cu``, the paper's setting (i): the
+  SCUs and the mask's complex units with the highest z_safety + z_utility, until they hold
+  ``--top-cu`` (6 %) of the unit parameters; ``scu_allcu``, the paper's setting (ii): the SCUs and
+  every unit the mask labels CU;
+* steps: ``--steps`` times the mode's ``--step-factor`` (default ``scu_allcu=2``: the paper trains
+  the heavily frozen model twice as long); the first ``--steps`` batches are the same in every mode;
 * the frozen entries are exactly the units' own weights: an MLP neuron's gate/up rows and its
   down_proj column; a head's q rows and o_proj columns, and its k/v rows where every head sharing
   them is frozen (grouped-query attention). A gradient hook multiplies their gradient by 0, and the
-  optimiser is AdamW with weight decay 0, so a zero gradient leaves the entry bit-identical;
+  optimiser is AdamW with weight decay 0, so a zero gradient leaves the entry bit-identical
+  (checked after training: ``frozen_unchanged``);
 * benign data: Alpaca seed tasks (instruction -> output, chat template, response tokens only);
-* before and after: refusal / attack success / degeneration on AdvBench rows 0..N-1 and the
-  refusal rate on the held-out Alpaca instructions (over-refusal), both greedy with the chat template.
+* before and after: refusal / attack success / coherent attack success / degeneration on AdvBench
+  rows 0..N-1, and over-refusal (refusal rate) on the held-out Alpaca instructions and on XSTest's
+  safe prompts (``--n-xstest``, 250 = all; 0 skips it), both judges (keyword ``refusal_rate``, cue
+  ``refusal_rate_cue``), greedy with the chat template.
 Writes OUT/freeze_results.json and OUT/freeze_table.md.
 """
 
@@ -35,13 +42,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prune_safety_units import eval_data_root  # noqa: E402
 
-from safespace_tasks.data import advbench_rows, alpaca_seed_rows  # noqa: E402
+from safespace_tasks.data import DataError, advbench_rows, alpaca_seed_rows, xstest_rows  # noqa: E402
 from safespace_tasks.refusal import summarize_replies  # noqa: E402
 from safespace_tasks.capture import find_decoder_parts  # noqa: E402
 from safespace_tasks.unit_masks import load_mask, load_unit_stats  # noqa: E402
 from safespace_tasks.units import CLASSES, ClassSettings, analyse  # noqa: E402
 
-MODES = ("none", "scu", "scu_cu")
+MODES = ("none", "scu", "scu_cu", "scu_allcu")
+DEFAULT_STEP_FACTORS = "scu_allcu=2"
 
 
 def _linear_rows(module: torch.nn.Module, rows) -> tuple[torch.nn.Parameter, tuple]:
@@ -97,31 +105,71 @@ def unit_entries(model: torch.nn.Module, sel_mlp: np.ndarray, sel_attn: np.ndarr
 
 
 def frozen_selection(run_dir: Path, mode: str, top_cu: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Boolean (layers x neurons) and (layers x heads) arrays of the units ``mode`` freezes, and counts.
+
+    The classes are the mask's; ``scu_cu`` ranks the mask's CUs by z_safety + z_utility of the unit
+    statistics (the same scores the mask was cut from), so ``scu`` ⊆ ``scu_cu`` ⊆ ``scu_allcu``.
+    """
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     mask = load_mask(run_dir / "mask.safetensors")
     if mode == "none":
         return np.zeros_like(mask.mlp, bool), np.zeros_like(mask.attn, bool), {"units": 0}
     sel_mlp, sel_attn = mask.selected(("SCU",))
     info = {"scu_units": int(sel_mlp.sum() + sel_attn.sum())}
-    if mode == "scu_cu":
+    cu_mlp, cu_attn = mask.selected(("CU",))
+    info["cu_units_in_mask"] = int(cu_mlp.sum() + cu_attn.sum())
+    if mode == "scu_allcu":
+        sel_mlp, sel_attn = sel_mlp | cu_mlp, sel_attn | cu_attn
+        info["cu_units"] = info["cu_units_in_mask"]
+    elif mode == "scu_cu":
         sets, layout, _ = load_unit_stats(run_dir / "unit_stats.safetensors")
+        if (layout.n_layers, layout.n_neurons, layout.n_heads) != (mask.mlp.shape + mask.attn.shape[1:]):
+            raise SystemExit(f"{run_dir}: unit_stats and mask describe different models")
         shares = mask.metadata.get("shares") or {}
         arrays = analyse(sets["safety"], sets["utility"], layout, ClassSettings(**shares))["arrays"]
-        labels, params = np.asarray(arrays["labels"]), np.asarray(arrays["params"], float)
-        total = np.where(np.isfinite(arrays["z_safety"] + arrays["z_utility"]), arrays["z_safety"] + arrays["z_utility"], -np.inf)
+        params = np.asarray(arrays["params"], float)
+        total = np.asarray(arrays["z_safety"], float) + np.asarray(arrays["z_utility"], float)
+        total = np.where(np.isfinite(total), total, -np.inf)
+        labels = np.concatenate([mask.mlp, mask.attn], axis=1).reshape(-1)  # the analyse arrays' unit order
         cu = np.flatnonzero(labels == CLASSES["CU"])
         cu = cu[np.argsort(-total[cu], kind="stable")]
-        take = cu[: int(np.searchsorted(np.cumsum(params[cu]), top_cu * params.sum()) + 1)]
+        take = cu[: int(np.searchsorted(np.cumsum(params[cu]), top_cu * params.sum()) + 1)] if top_cu > 0 else cu[:0]
         flat = np.zeros(len(labels), bool)
         flat[take] = True
-        per = layout.n_neurons + layout.n_heads
-        flat = flat.reshape(layout.n_layers, per)
+        flat = flat.reshape(layout.n_layers, layout.n_neurons + layout.n_heads)
         sel_mlp = sel_mlp | flat[:, : layout.n_neurons]
         sel_attn = sel_attn | flat[:, layout.n_neurons:]
         info["top_cu_units"] = int(len(take))
-    elif mode != "scu":
-        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        info["top_cu_share"] = top_cu
+        info["cu_units"] = int(len(take))
     info["units"] = int(sel_mlp.sum() + sel_attn.sum())
+    info["neurons"], info["heads"] = int(sel_mlp.sum()), int(sel_attn.sum())
     return sel_mlp, sel_attn, info
+
+
+def parse_step_factors(text: str) -> dict[str, float]:
+    """``"scu_allcu=2,scu=1"`` -> {mode: factor}; modes not named train ``--steps`` (factor 1)."""
+    factors = {}
+    for item in (x.strip() for x in (text or "").split(",")):
+        if not item:
+            continue
+        mode, eq, value = item.partition("=")
+        mode = mode.strip()
+        if not eq or mode not in MODES:
+            raise SystemExit(f"--step-factor {item!r}: write MODE=FACTOR with MODE among {', '.join(MODES)}")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise SystemExit(f"--step-factor {item!r}: {value!r} is not a number") from None
+        if not factor > 0:
+            raise SystemExit(f"--step-factor {item!r}: the factor must be positive")
+        factors[mode] = factor
+    return factors
+
+
+def mode_steps(steps: int, factor: float) -> int:
+    return max(1, int(round(steps * factor)))
 
 
 def chat(tok, request: str) -> str:
@@ -172,7 +220,7 @@ def fine_tune(model, tok, examples, frozen: dict[str, torch.Tensor], *, steps: i
             opt.zero_grad(set_to_none=False)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         for h in hooks:
             h.remove()
@@ -194,28 +242,50 @@ def generate(model, tok, requests: list[str], new_tokens: int, batch_size: int) 
     return out
 
 
-def measure(model, tok, advbench: list[str], alpaca_held: list[str], new_tokens: int, batch_size: int) -> dict:
-    harmful = summarize_replies(generate(model, tok, advbench, new_tokens, batch_size))
-    benign = summarize_replies(generate(model, tok, alpaca_held, new_tokens, batch_size))
-    return {"advbench": harmful, "alpaca_heldout": benign}
+SETS = (("advbench", "AdvBench"), ("alpaca_heldout", "held-out Alpaca"), ("xstest_safe", "XSTest safe"))
+
+
+def measure(model, tok, advbench: list[str], alpaca_held: list[str], new_tokens: int, batch_size: int,
+            xstest_safe: list[str] | None = None) -> dict:
+    """Both judges' rates on AdvBench (refusal wanted) and on the benign sets (refusal = over-refusal)."""
+    out = {"advbench": summarize_replies(generate(model, tok, advbench, new_tokens, batch_size)),
+           "alpaca_heldout": summarize_replies(generate(model, tok, alpaca_held, new_tokens, batch_size))}
+    if xstest_safe:
+        out["xstest_safe"] = summarize_replies(generate(model, tok, xstest_safe, new_tokens, batch_size))
+    return out
+
+
+def _pct(block: dict | None, key: str) -> str:
+    return f"{block[key]:.0%}" if block and key in block else "–"
 
 
 def table(results: dict) -> str:
-    lines = ["| frozen | units frozen | refusal before → after | refusal (cue judge) before → after | attack success after "
-             "| degenerate after | over-refusal (held-out Alpaca) before → after | frozen entries unchanged |", "|" + "---|" * 8]
+    """One row per mode: each rate before → after; refusal and over-refusal by both judges (cue in brackets)."""
     before = results["before"]
+    has_x = "xstest_safe" in before
+    head = ["frozen", "units frozen", "steps", "AdvBench refusal (cue)", "attack success", "coherent attack success",
+            "degenerate", "over-refusal held-out Alpaca (cue)"]
+    head += ["over-refusal XSTest safe (cue)"] if has_x else []
+    head += ["frozen entries unchanged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def cue(block):
-        return f"{block['refusal_rate_cue']:.0%}" if "refusal_rate_cue" in block else "–"
+    def both(key, set_name, a):
+        b0, b1 = before.get(set_name), a.get(set_name)
+        return (f"{_pct(b0, key)} → {_pct(b1, key)} "
+                f"({_pct(b0, key + '_cue')} → {_pct(b1, key + '_cue')})")
+
+    def one(key, set_name, a):
+        return f"{_pct(before.get(set_name), key)} → {_pct(a.get(set_name), key)}"
 
     for mode, r in results["modes"].items():
         a = r["after"]
-        lines.append(
-            f"| {mode} | {r['selection']['units']} | {before['advbench']['refusal_rate']:.0%} → {a['advbench']['refusal_rate']:.0%} "
-            f"| {cue(before['advbench'])} → {cue(a['advbench'])} "
-            f"| {a['advbench']['attack_success_rate']:.0%} | {a['advbench']['degeneration_rate']:.0%} "
-            f"| {before['alpaca_heldout']['refusal_rate']:.0%} → {a['alpaca_heldout']['refusal_rate']:.0%} "
-            f"| {r['frozen_unchanged']} |")
+        cells = [mode, str(r["selection"]["units"]), str(r.get("steps", "–")),
+                 both("refusal_rate", "advbench", a), one("attack_success_rate", "advbench", a),
+                 one("coherent_attack_success_rate", "advbench", a), one("degeneration_rate", "advbench", a),
+                 both("refusal_rate", "alpaca_heldout", a)]
+        cells += [both("refusal_rate", "xstest_safe", a)] if has_x else []
+        cells += [str(r["frozen_unchanged"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -225,12 +295,18 @@ def parse_args(argv=None):
     p.add_argument("--units", required=True, help="folder with unit_stats.safetensors and mask.safetensors of MODEL")
     p.add_argument("--out", required=True)
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--top-cu", type=float, default=0.05, help="share of unit parameters of top CUs frozen in scu_cu")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--top-cu", type=float, default=0.06,
+                   help="share of unit parameters of top CUs frozen in scu_cu (the paper's setting (i): 6 %%)")
+    p.add_argument("--steps", type=int, default=30, help="fine-tuning steps of a mode with step factor 1")
+    p.add_argument("--step-factor", default=DEFAULT_STEP_FACTORS,
+                   help="MODE=FACTOR,... : train MODE for FACTOR x --steps (default scu_allcu=2, as the paper "
+                        "trains the model with every CU frozen twice as long); '' = all modes --steps")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-heldout", type=int, default=40, help="Alpaca tasks held out of training (over-refusal)")
     p.add_argument("--n-requests", type=int, default=100)
+    p.add_argument("--n-xstest", type=int, default=250,
+                   help="XSTest safe prompts measured for over-refusal (250 = all, in file order; 0 skips)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--gen-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -246,14 +322,29 @@ def main(argv=None) -> dict:
     out, run_dir = Path(args.out), Path(args.units)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.model)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    factors = parse_step_factors(args.step_factor)
+    if not 0 <= args.n_xstest <= 250:
+        raise SystemExit("--n-xstest must lie in [0, 250] (XSTest has 250 safe prompts)")
     train, held = alpaca_split(root, args.n_heldout, args.seed)
     advbench = [r["goal"] for r in advbench_rows(root)[: args.n_requests]]
+    try:
+        xsafe = [r["prompt"] for r in xstest_rows(root, label="safe")][: args.n_xstest] if args.n_xstest else []
+    except DataError as err:
+        raise SystemExit(f"{err} (or pass --n-xstest 0)") from None
     t0 = time.perf_counter()
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     results = {"model": args.model, "settings": vars(args),
-               "before": measure(base, tok, advbench, held, args.max_new_tokens, args.gen_batch_size), "modes": {}}
+               "step_factors": {m: factors.get(m, 1.0) for m in modes},
+               "counts": {"advbench": len(advbench), "alpaca_train": len(train), "alpaca_heldout": len(held),
+                          "xstest_safe": len(xsafe)},
+               "before": measure(base, tok, advbench, held, args.max_new_tokens, args.gen_batch_size, xsafe),
+               "modes": {}}
     del base
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+    for mode in modes:
         t = time.perf_counter()
         torch.manual_seed(args.seed)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -261,12 +352,13 @@ def main(argv=None) -> dict:
         frozen = unit_entries(model, sel_mlp, sel_attn)
         params = dict(model.named_parameters())
         snapshot = {n: params[n].detach().clone() for n in frozen}
-        losses = fine_tune(model, tok, train, frozen, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        steps = mode_steps(args.steps, factors.get(mode, 1.0))
+        losses = fine_tune(model, tok, train, frozen, steps=steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
         unchanged = all(torch.equal(params[n].detach()[m], snapshot[n][m]) for n, m in frozen.items())
         results["modes"][mode] = {
             "selection": info, "frozen_entries": int(sum(int(m.sum()) for m in frozen.values())),
-            "frozen_unchanged": unchanged, "losses": losses,
-            "after": measure(model, tok, advbench, held, args.max_new_tokens, args.gen_batch_size),
+            "frozen_unchanged": unchanged, "step_factor": factors.get(mode, 1.0), "steps": steps, "losses": losses,
+            "after": measure(model, tok, advbench, held, args.max_new_tokens, args.gen_batch_size, xsafe),
             "seconds": round(time.perf_counter() - t, 1),
         }
         print(mode, json.dumps({k: v for k, v in results["modes"][mode].items() if k != "losses"}), flush=True)
