@@ -442,10 +442,16 @@ def frontier_main(argv) -> str:
         path = path / "twin_results.json" if path.is_dir() else path
         if not path.is_file():
             raise SystemExit(f"{run}: no twin_results.json there")
+        try:
+            res = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SystemExit(f"{path}: not a twin_results.json (not JSON)") from None
+        if not isinstance(res, dict) or "models" not in res:
+            raise SystemExit(f"{path}: not a twin_results.json (no 'models')")
         name = path.parent.name if path.name == "twin_results.json" else path.stem
         if name in results:
             name = str(path)
-        results[name] = json.loads(path.read_text())
+        results[name] = res
     text = frontier_table(results, args.model)
     if args.frontier_out:
         out = Path(args.frontier_out)

@@ -309,3 +309,5 @@ def test_frontier_table_on_fabricated_results(tmp_path):
     assert [r["run"] for r in json.loads((tmp_path / "frontier.json").read_text())] == ["B", "X"]
     with pytest.raises(SystemExit, match="no twin_results.json"):
         twin.main(["--frontier", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit, match="not JSON"):
+        twin.main(["--frontier", str(tmp_path / "frontier.md")])
