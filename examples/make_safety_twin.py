@@ -409,7 +409,7 @@ def frontier_table(results: dict[str, dict], model: str = "twin") -> str:
         return f"{100 * a:.0f} %" + (f" ({100 * b:.0f} %)" if b is not None else "")
 
     head = ["run", "refusals", "Alpaca ×", "lr", "XSTest types trained", "refusal share", "steps",
-            "AdvBench refusal", "attack success", "XSTest safe over-refusal (n)", "Alpaca over-refusal (n)",
+            "AdvBench refusal", "attack success", "XSTest safe over-refusal", "Alpaca over-refusal",
             f"aim (≥{AIM_REFUSAL:.0%} / ≤{AIM_OVER_REFUSAL:.0%})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in frontier_rows(results, model):
@@ -419,8 +419,8 @@ def frontier_table(results: dict[str, dict], model: str = "twin") -> str:
                  str(r["steps"] or "–"),
                  pct(r, "advbench_refusal_rate"),
                  f"{100 * r['advbench_attack_success_rate']:.0f} %" if r["advbench_attack_success_rate"] is not None else "–",
-                 pct(r, "xstest_refusal_rate") + (f" ({r['xstest_n']})" if r["xstest_n"] else ""),
-                 pct(r, "alpaca_refusal_rate") + (f" ({r['alpaca_n']})" if r["alpaca_n"] else ""),
+                 pct(r, "xstest_refusal_rate") + (f", n {r['xstest_n']}" if r["xstest_n"] else ""),
+                 pct(r, "alpaca_refusal_rate") + (f", n {r['alpaca_n']}" if r["alpaca_n"] else ""),
                  {None: "–", True: "met", False: "missed"}[r["aim_met"]]]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\nRates by the keyword judge, the cue judge in brackets; over-refusal = refusal of harmless requests "

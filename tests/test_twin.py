@@ -295,9 +295,9 @@ def test_frontier_table_on_fabricated_results(tmp_path):
     assert rows["B"]["xstest_refusal_rate"] is None and rows["X"]["xstest_refusal_rate_cue"] == 0.05
     assert rows["X"]["xstest_train_examples"] == 6
     text = twin.frontier_table(runs).splitlines()
-    assert text[0].startswith("| run | refusals |") and "XSTest safe over-refusal (n)" in text[0]
+    assert text[0].startswith("| run | refusals |") and "XSTest safe over-refusal" in text[0]
     x = next(line for line in text if line.startswith("| X |"))
-    assert "| homonyms, definitions |" in x and "| 88 % (44 %) |" in x and "| 10 % (5 %) (100) |" in x and x.endswith("| met |")
+    assert "| homonyms, definitions |" in x and "| 88 % (44 %) |" in x and "| 10 % (5 %), n 100 |" in x and x.endswith("| met |")
     assert next(line for line in text if line.startswith("| B |")).count("| – |") >= 1
     # the command-line form reads folders or files
     for name, res in runs.items():
