@@ -69,7 +69,7 @@ _NULL_OF = (
 )
 
 METRICS: tuple[MetricSpec, ...] = (
-    # hidden-space separation (safespace_tasks.metrics.separation_metrics)
+    # hidden-space separation (safespace_tasks.stats.separation.separation_metrics)
     MetricSpec("bcv_ratio", True, "between-class variance ratio", "fraction", _SEP,
                "share of the variance on PCA-k that lies between the toxic and non-toxic means (fraction, 0–1)",
                per_layer=True),
@@ -97,7 +97,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("bhattacharyya_cov_term", True, "Bhattacharyya covariance term", "nats", _SEP,
                "½ ln(det Σ̄ / √(det Σ₀ det Σ₁)) on PCA-k: how much the class covariances differ (0 when equal)",
                family_mean=False, per_layer=True, interval=False),
-    # pairs (safespace_tasks.metrics.paired_shift)
+    # pairs (safespace_tasks.stats.separation.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
     MetricSpec("n_truncated", False, "texts truncated", "count", _SEP + ("units",), family_mean=False),
@@ -105,7 +105,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("likelihood_preference", True, "likelihood preference", "fraction", ("detoxpref",), aggregation=MEAN),
     MetricSpec("likelihood_preference_raw", True, "likelihood preference raw", "fraction", ("detoxpref",),
                aggregation=MEAN),
-    # continuation (safespace_tasks.behaviour_metrics.continuation_toxicity)
+    # continuation (safespace_tasks.stats.behaviour.continuation_toxicity)
     MetricSpec("expected_max_toxicity", False, "expected max toxicity", "probability", ("continuation",)),
     MetricSpec("toxicity_probability", False, "toxicity probability", "fraction", ("continuation",)),
     MetricSpec("mean_toxicity", False, "mean toxicity", "probability", ("continuation",)),
@@ -117,14 +117,14 @@ METRICS: tuple[MetricSpec, ...] = (
                ("continuation",)),
     MetricSpec("toxicity_probability_nontoxic_prompts", False, "toxicity probability nontoxic prompts", "fraction",
                ("continuation",)),
-    # detox rewriting (safespace_tasks.behaviour_metrics.detox_scores)
+    # detox rewriting (safespace_tasks.stats.behaviour.detox_scores)
     MetricSpec("sta", True, "sta", "fraction", ("detox",)),
     MetricSpec("sim", True, "sim", "cosine", ("detox",)),
     MetricSpec("fl", True, "fl", "chrF (0–1)", ("detox",)),
     MetricSpec("joint", True, "joint", "score (0–1)", ("detox",)),
     MetricSpec("joint_copy_baseline", True, "joint copy baseline", "score (0–1)", ("detox",)),
     MetricSpec("joint_reference", True, "joint reference", "score (0–1)", ("detox",)),
-    # zero-shot recognition (safespace_tasks.behaviour_metrics.recognition_scores)
+    # zero-shot recognition (safespace_tasks.stats.behaviour.recognition_scores)
     MetricSpec("acc", True, "acc", "fraction", ("recognition",)),
     MetricSpec("auroc", True, "auroc", "AUROC", ("recognition",)),
     MetricSpec("yes_rate", False, "yes rate", "fraction", ("recognition",)),
@@ -199,7 +199,7 @@ def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
 
 _TRANSFER = ("transfer",)
 METRICS = METRICS + _peak_rows(METRICS) + (
-    # cross-lingual transfer (safespace_tasks.transfer.transfer_matrix), one task holding every language
+    # cross-lingual transfer (safespace_tasks.stats.transfer.transfer_matrix), one task holding every language
     MetricSpec("transfer_auroc", True, "transfer AUROC", "AUROC", _TRANSFER,
                "AUROC of the source language's probe on the target's texts (0.5 = chance)", family_mean=False,
                per_layer=True, per_language=True),
@@ -229,7 +229,7 @@ for _m in METRICS:
 METRICS = tuple(_merged.values())
 
 
-# safety units (safespace_tasks.harness.units_task over safespace_tasks.units): one task per model, so
+# safety units (safespace_tasks.harness.units_task over safespace_tasks.stats.units): one task per model, so
 # no family mean. MultiJail's languages in its order: the tuple of safespace_tasks.data.
 UNITS_LANGUAGES: tuple[str, ...] = MULTIJAIL_LANGUAGES
 _U = ("units",)
@@ -288,7 +288,7 @@ def units_language_pairs(languages) -> list[tuple[str, str]]:
     chosen = [lang for lang in UNITS_LANGUAGES if lang in set(languages)]
     return [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]]
 def _units_null_rows() -> tuple[MetricSpec, ...]:
-    """The shared-utility null of every overlap (safespace_tasks.unit_nulls) and the split halves
+    """The shared-utility null of every overlap (safespace_tasks.stats.unit_nulls) and the split halves
     with independent utility halves."""
     rows = []
     for name in ("safety", "en"):

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_calibration as BC  # noqa: E402
 
-from safespace_tasks import metrics as M  # noqa: E402
+from safespace_tasks.stats import separation as M  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_cv_interval_parts_match_an_independent_computation():
     from scipy.stats import t as student_t
     from sklearn.metrics import roc_auc_score
 
-    from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
+    from safespace_tasks.stats.cv_interval import cv_auroc_interval, fold_aurocs
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(240, 12))
@@ -116,7 +116,7 @@ def test_probe_interval_covers_on_the_power_law_spectrum_where_fixed_scores_fell
 def test_pca_refit_replicates_with_unit_weights_are_the_plug_in_values():
     """A replicate that draws every text once is the sample itself: refitting its basis must give
     back the point estimates exactly (the replicate is computed as the estimate is)."""
-    from safespace_tasks.pca_refit import pca_refit_replicates
+    from safespace_tasks.stats.pca_refit import pca_refit_replicates
 
     p = BC.planted_spectrum("powerlaw")
     X, y = BC.sample(p, 100, np.random.default_rng(4))

@@ -10,8 +10,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from safespace_tasks import metrics as M
-from safespace_tasks.resampling import permuted_labels, summarise, weighted_auroc
+from safespace_tasks.stats import separation as M
+from safespace_tasks.stats.resampling import permuted_labels, summarise, weighted_auroc
 
 
 def closed_form_bhattacharyya(mu0, cov0, mu1, cov1):
@@ -508,7 +508,7 @@ def test_paired_difference_uses_basic_intervals_and_counts_degenerate_pairs():
 def test_copies_of_a_text_with_rounding_noise_count_as_one_distinct_state():
     """A batched forward pass on several threads may round a repeated text's state differently from
     batch to batch; with the text groups, such copies still count once (never as new information)."""
-    from safespace_tasks.metrics import distinct_states, separation_metrics, text_groups
+    from safespace_tasks.stats.separation import distinct_states, separation_metrics, text_groups
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(2, 8))

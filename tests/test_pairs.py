@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from safespace_tasks import data, metrics as M
+from safespace_tasks import data
+from safespace_tasks.stats import separation as M
 from safespace_tasks.states import load_states
 from test_harness_e2e import results_of, run_cli
 

@@ -243,7 +243,7 @@ def plot_pca_grid(comp: Comparison, family: str, path: Path, *, max_points: int 
     """
     from tqdm.auto import tqdm
 
-    from safespace_tasks.metrics import pca_project
+    from safespace_tasks.stats.separation import pca_project
 
     labels = comp.runs_with(family)
     langs = comp.languages[family]

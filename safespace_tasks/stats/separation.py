@@ -14,7 +14,7 @@ states.
 PCA is exact and seed-free (:func:`pca_basis`). Standard errors and intervals come from a
 stratified bootstrap over texts (class sizes held fixed; whole groups with ``groups``): the basic
 bootstrap interval, clipped to each metric's range, with degenerate replicates counted
-(:mod:`safespace_tasks.resampling`). The null floor ``<metric>_null`` and the permutation p-value
+(:mod:`safespace_tasks.stats.resampling`). The null floor ``<metric>_null`` and the permutation p-value
 come from label permutations. The PCA basis is fitted once on all texts and held fixed across
 replicates and permutations (it does not see the labels), so the interval measures the sampling
 spread of the metric given the basis. See docs/statistics.md for how to read them.
@@ -40,9 +40,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from safespace_tasks.cv_interval import METHOD as CV_METHOD
-from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
-from safespace_tasks.resampling import (
+from safespace_tasks.stats.cv_interval import METHOD as CV_METHOD
+from safespace_tasks.stats.cv_interval import cv_auroc_interval, fold_aurocs
+from safespace_tasks.stats.resampling import (
     bootstrap_weights,
     permutation_summary,
     permuted_labels,
@@ -659,7 +659,7 @@ def stratified_bootstrap_weights(y: np.ndarray, n_boot: int, seed: int, groups: 
     Texts are drawn with replacement within their class, so every resample keeps the class sizes.
     With ``groups`` whole groups are drawn instead (texts of a group move together: a pair, or
     copies of one text), stratified by the group's first label. See
-    :func:`safespace_tasks.resampling.bootstrap_weights`.
+    :func:`safespace_tasks.stats.resampling.bootstrap_weights`.
     """
     y = np.asarray(y)
     return bootstrap_weights(y.shape[0], n_boot, seed, strata=y, groups=groups)
@@ -943,13 +943,13 @@ def separation_metrics(
       held fixed across replicates and permutations (it does not see the labels).
     - ``groups`` ties texts together (pairs; copies of one text, see :func:`text_groups` and
       :func:`combine_groups`): the probe's folds, the bootstrap and the permutations keep a group whole.
-    - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.resampling`), clipped to
+    - Intervals are the basic bootstrap interval (:mod:`safespace_tasks.stats.resampling`), clipped to
       each metric's range. Degenerate replicates (NaN, inf, singular, beyond a sane bound) are
       counted in ``spread``; above 25 % of them the spread is NaN with the reason.
     - The probe's standard error counts the training variance without a refit: the variance of
       the fixed-score bootstrap is averaged with the Nadeau-Bengio corrected variance of the
       per-fold AUROCs, and the interval is a t interval with Satterthwaite degrees of freedom
-      (:mod:`safespace_tasks.cv_interval`; ``spread["probe_auroc"]`` holds both parts, the
+      (:mod:`safespace_tasks.stats.cv_interval`; ``spread["probe_auroc"]`` holds both parts, the
       per-fold AUROCs and the df). The fixed-score bootstrap alone gave stderr / true sd of
       0.69 - 0.89 on the d = 64 spectra of docs/statistics.md. ``probe_refits`` (default
       :data:`PROBE_REFITS` = 0) of the bootstrap replicates can also refit the probe
@@ -1062,7 +1062,7 @@ def _probe_cv_spread(
     point: float, var_boot: float, per_fold: np.ndarray, ci_level: float, lower: float, upper: float
 ) -> tuple[float, tuple[float, float], dict[str, Any]]:
     """The probe's standard error and interval with the training variance counted
-    (:func:`safespace_tasks.cv_interval.cv_auroc_interval`), and what ``spread`` records of it."""
+    (:func:`safespace_tasks.stats.cv_interval.cv_auroc_interval`), and what ``spread`` records of it."""
     cv = cv_auroc_interval(point, var_boot, per_fold, ci_level, lower=lower, upper=upper)
     more = {
         # df is infinite when the folds agree exactly (e.g. every fold at AUROC 1): None keeps the JSON strict
@@ -1424,11 +1424,11 @@ def paired_bootstrap_difference(
     and each model's standard error equal what :func:`separation_metrics` reported for it
     (the resamples come from ``seed + 1``, as there; the probe's refits are the same replicates).
     With ``pca_refit`` (default) each model's PCA-k basis is refitted inside every replicate
-    (:mod:`safespace_tasks.pca_refit`), so the replicates of the variance ratio, Bhattacharyya
+    (:mod:`safespace_tasks.stats.pca_refit`), so the replicates of the variance ratio, Bhattacharyya
     distance and silhouette carry the basis's own sampling variation and bias (a fixed basis
     under-covers on spectra without an eigengap); the point values are unchanged.
     The interval of the difference of those three is the basic bootstrap interval; the probe's
-    is the cross-validation-corrected t interval of :mod:`safespace_tasks.cv_interval` on the
+    is the cross-validation-corrected t interval of :mod:`safespace_tasks.stats.cv_interval` on the
     per-fold AUROC differences (its bootstrap part widened by the refit scale with
     ``probe_refits`` > 1).
     """
@@ -1503,7 +1503,7 @@ def _refit_pca_replicates(
     """Replace ``m``'s fixed-basis replicates of the PCA metrics by replicates on the same
     resamples (``seed + 1``; the silhouette's subsample ``seed + 3`` and resamples ``seed + 2``,
     as :func:`_measure` draws them) with the basis refitted in each."""
-    from safespace_tasks.pca_refit import pca_refit_replicates
+    from safespace_tasks.stats.pca_refit import pca_refit_replicates
 
     names = [nm for nm in ("bcv_ratio", "bhattacharyya", "silhouette") if nm in m.replicates]
     n_sil = X.shape[0] if silhouette_max_n is None else min(X.shape[0], int(silhouette_max_n))

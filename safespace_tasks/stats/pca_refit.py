@@ -37,7 +37,7 @@ def refit_span(n: int, d: int, k: int) -> int:
 
 def _span(X: np.ndarray, k: int) -> np.ndarray:
     """The states projected (centred, float64) on the top-M exact principal axes of the sample."""
-    from safespace_tasks.metrics import pca_basis
+    from safespace_tasks.stats.separation import pca_basis
 
     n, d = X.shape
     m = refit_span(n, d, k)
@@ -67,7 +67,7 @@ def pca_refit_replicates(
     the Bhattacharyya distance (with the fit's ``ridge``) and, when ``"silhouette"`` is in
     ``metrics``, the silhouette (on ``silhouette_rows`` with the weights ``W_silhouette`` when the
     silhouette is measured on a subsample), each on the resample's own PCA-k basis."""
-    from safespace_tasks.metrics import (
+    from safespace_tasks.stats.separation import (
         _class_weighted_bcv, _class_weighted_bhattacharyya, _class_weights, _weighted_silhouette,
     )
 
