@@ -277,7 +277,7 @@ def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed
     bootstrap's own: basic with the PCA basis refitted per replicate, the probe's CV-corrected t)
     against the old one (fixed basis, gain +- z SE, the probe's fixed-score SE), and the width of
     the independent fallback sqrt(SE_base^2 + SE_aligned^2) against the true sd of the gain."""
-    from safespace_tasks.stats.separation import paired_bootstrap_difference
+    from safespace_tasks.stats.paired import paired_bootstrap_difference
 
     z = 1.959963984540054
     p = planted_spectrum(spectrum)
@@ -364,7 +364,8 @@ def run_fallback_bias_study(spectrum: str, sizes: list[int], reps: int, n_boot: 
        d = n / 5); the same interval moved by the double bootstrap's bias estimate
        ``2 (mean theta* - theta_hat) - (mean theta** - mean theta*)`` (one second-level resample
        per replicate; Davison & Hinkley 1997, section 3.9); and the percentile interval."""
-    from safespace_tasks.stats.separation import separation_metrics, stratified_bootstrap_weights
+    from safespace_tasks.stats.separation import separation_metrics
+    from safespace_tasks.stats.resampling import stratified_bootstrap_weights
     from safespace_tasks.stats.pca_refit import pca_refit_replicates
 
     pca_m = ("bcv_ratio", "bhattacharyya", "silhouette")
@@ -453,7 +454,8 @@ def run_probe_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, see
     AUROC, the old standard error and interval (fixed-score bootstrap, basic interval) and the new
     one (:func:`safespace_tasks.stats.cv_interval.cv_auroc_interval`) from the same fit and replicates."""
     from safespace_tasks.stats.cv_interval import cv_auroc_interval, fold_aurocs
-    from safespace_tasks.stats.separation import probe_auroc, stratified_bootstrap_weights
+    from safespace_tasks.stats.probe import probe_auroc
+    from safespace_tasks.stats.resampling import stratified_bootstrap_weights
     from safespace_tasks.stats.resampling import summarise, weighted_auroc
 
     p = planted_for(spectrum, 3.0)

@@ -93,7 +93,8 @@ def run_protocol(languages: int, n: int, d: int, pair_n: int, *, n_boot: int, se
     (n x d) and one pair set (pair_n texts = pair_n / 2 pairs, grouped), as the harness runs them."""
     import inspect
 
-    from safespace_tasks.stats.separation import paired_shift, separation_metrics
+    from safespace_tasks.stats.pairs import paired_shift
+    from safespace_tasks.stats.separation import separation_metrics
 
     parts = {p: 0.0 for p in PROTOCOL_PARTS}
     total = 0.0

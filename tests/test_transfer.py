@@ -17,7 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from safespace_tasks.stats.separation import SeparationInputError, probe_auroc
+from safespace_tasks.stats.validation import SeparationInputError
+from safespace_tasks.stats.probe import probe_auroc
 from safespace_tasks.stats.transfer import (
     QUANTITIES,
     cosine,

@@ -26,9 +26,8 @@ from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
 from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
-from safespace_tasks.stats.separation import (
-    METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
-)
+from safespace_tasks.stats.separation import METRIC_NAMES, SeparationResult, separation_metrics
+from safespace_tasks.stats.validation import SeparationInputError, combine_groups, text_groups
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
@@ -499,7 +498,7 @@ class HiddenSpaceTask(CorpusTask):
 
     def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, copies: np.ndarray) -> SeparationResult:
         """Metrics of one layer's states. ``groups``: the family's own groups (pairs; unused here);
-        ``copies``: :func:`~safespace_tasks.stats.separation.text_groups` of the texts, so exact copies of a
+        ``copies``: :func:`~safespace_tasks.stats.validation.text_groups` of the texts, so exact copies of a
         text never sit on both sides of a probe split, a bootstrap draw or a permutation."""
         s = self.settings
         return separation_metrics(

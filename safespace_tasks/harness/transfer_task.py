@@ -31,7 +31,7 @@ import numpy as np
 from safespace_tasks.data import TOXICITY
 from safespace_tasks.harness.corpus import Analysis, Item, SettingsError, setting
 from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings
-from safespace_tasks.stats.separation import SeparationInputError
+from safespace_tasks.stats.validation import SeparationInputError
 from safespace_tasks.stats.transfer import transfer_matrix
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "bootstrap_weights",
+    "stratified_bootstrap_weights",
     "permuted_labels",
     "weighted_auroc",
     "weighted_means",
@@ -76,6 +77,19 @@ def bootstrap_weights(
             counts = np.bincount(draws[b], minlength=n_units)
             W[:, b] += counts if inverse is None else counts[inverse]
     return W
+
+
+def stratified_bootstrap_weights(y: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Replicate weights (n x n_boot): how many times each text is drawn in each resample.
+
+    Texts are drawn with replacement within their class, so every resample keeps the class sizes.
+    With ``groups`` whole groups are drawn instead (texts of a group move together: a pair, or
+    copies of one text), stratified by the group's first label. See
+    :func:`bootstrap_weights`.
+    """
+    y = np.asarray(y)
+    return bootstrap_weights(y.shape[0], n_boot, seed, strata=y, groups=groups)
+
 
 
 def permuted_labels(y: np.ndarray, n_perm: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
