@@ -719,7 +719,7 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
     Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
         Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed, ci_level=ci_level,
-        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
+        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe=any(_cross_fitted(m) for m in metrics),
         probe_folds=folds, probe_refits=int(settings.get("probe_refits") or 0),
     )
     if grouped and set(PAIR_METRICS) & set(metrics):
@@ -737,6 +737,15 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                 return None, (f"the saved states of {task.task} give {metric} = {value:.6g}, not the reported "
                               f"{reported:.6g}")
     return res, None
+
+
+def _cross_fitted(metric: str) -> bool:
+    """Whether the metric table declares ``metric`` a cross-fitted separation metric (the probe)."""
+    try:
+        kernel = mt.spec(metric).kernel
+    except mt.UnknownMetricError:
+        return False
+    return kernel is not None and kernel.cross_fitted
 
 
 def _metric_groups(states, grouped: bool):

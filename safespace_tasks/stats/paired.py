@@ -170,7 +170,7 @@ def paired_bootstrap_difference(
             spread[name]["pca_refit"] = name in refitted
             if pca_refit and name not in refitted and kern.quadratic:
                 spread[name]["pca_refit_skipped"] = (
-                    f"more than {SILHOUETTE_REFIT_MAX_N} texts: the silhouette's replicates keep the fixed basis "
+                    f"more than {SILHOUETTE_REFIT_MAX_N} texts: the {row.title}'s replicates keep the fixed basis "
                     "(a refitted basis costs an O(n^2) pass per replicate)")
         if (kern.per_fold is not None and "fit" in a.contexts[name] and "fit" in b.contexts[name]
                 and np.isfinite(sp.stderr)):
