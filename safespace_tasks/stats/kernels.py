@@ -4,8 +4,8 @@ A metric of :data:`safespace_tasks.metric_table.METRICS` that :func:`~safespace_
 computes carries a :class:`Kernel`: its point value on ``(Z, y)`` and its *class-weighted* form on
 ``(Z, W0, W1)``, where column b of ``Wc`` weights the texts of class c (bootstrap counts times the
 class indicator, or the indicator of permuted labels). The point estimate, the bootstrap replicates,
-the permutation null and the paired bootstrap of two models all call these two functions; nothing
-else in :mod:`safespace_tasks.stats` names a metric.
+the permutation null, the refitted-basis replicates and the paired bootstrap of two models all call
+these functions through the table's rows, without naming a metric.
 
 The quantities follow Verma & Bharadwaj (2025), "The Hidden Space of Safety": the between-class
 variance ratio, the Bhattacharyya distance and the silhouette score on PCA-k coordinates.
