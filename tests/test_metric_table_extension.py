@@ -162,3 +162,20 @@ def test_the_report_tables_the_new_metric(centroid_row, tmp_path):
         rows = {r["language"]: r for r in csv.DictReader(fh)}
     assert float(rows["en"]["model"]) == res.values[NAME]
     assert "centroid distance" in report.markdown.read_text(encoding="utf-8")
+
+
+def test_the_stats_package_stays_small_and_free_of_model_code():
+    """Every module of safespace_tasks/stats/ under 700 lines, none importing torch or lm-eval."""
+    import ast
+    from pathlib import Path
+
+    import safespace_tasks.stats
+
+    folder = Path(safespace_tasks.stats.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert text.count("\n") <= 700, f"{path.name} has {text.count(chr(10))} lines"
+        for node in ast.walk(ast.parse(text)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("torch", "lm_eval", "transformers") for n in names), (path.name, names)
