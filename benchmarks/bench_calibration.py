@@ -193,7 +193,7 @@ def run_study(
     sizes: list[int], reps: int, n_boot: int, seed: int, probe_refits: int, signal: float = 1.0,
     metrics: tuple[str, ...] = METRICS, spectrum: str = "d10",
 ) -> dict[str, Any]:
-    from safespace_tasks.metrics import separation_metrics
+    from safespace_tasks.stats.separation import separation_metrics
 
     params = inspect.signature(separation_metrics).parameters
     extra = {}
@@ -277,7 +277,7 @@ def run_gain_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed
     bootstrap's own: basic with the PCA basis refitted per replicate, the probe's CV-corrected t)
     against the old one (fixed basis, gain +- z SE, the probe's fixed-score SE), and the width of
     the independent fallback sqrt(SE_base^2 + SE_aligned^2) against the true sd of the gain."""
-    from safespace_tasks.metrics import paired_bootstrap_difference
+    from safespace_tasks.stats.paired import paired_bootstrap_difference
 
     z = 1.959963984540054
     p = planted_spectrum(spectrum)
@@ -364,8 +364,9 @@ def run_fallback_bias_study(spectrum: str, sizes: list[int], reps: int, n_boot: 
        d = n / 5); the same interval moved by the double bootstrap's bias estimate
        ``2 (mean theta* - theta_hat) - (mean theta** - mean theta*)`` (one second-level resample
        per replicate; Davison & Hinkley 1997, section 3.9); and the percentile interval."""
-    from safespace_tasks.metrics import separation_metrics, stratified_bootstrap_weights
-    from safespace_tasks.pca_refit import pca_refit_replicates
+    from safespace_tasks.stats.separation import separation_metrics
+    from safespace_tasks.stats.resampling import stratified_bootstrap_weights
+    from safespace_tasks.stats.pca_refit import pca_refit_replicates
 
     pca_m = ("bcv_ratio", "bhattacharyya", "silhouette")
     zq = 1.959963984540054
@@ -451,10 +452,11 @@ def run_fallback_bias_study(spectrum: str, sizes: list[int], reps: int, n_boot: 
 def run_probe_study(spectrum: str, sizes: list[int], reps: int, n_boot: int, seed: int) -> dict[str, Any]:
     """The probe AUROC alone (no PCA metric, so it is cheap): per data set the cross-validated
     AUROC, the old standard error and interval (fixed-score bootstrap, basic interval) and the new
-    one (:func:`safespace_tasks.cv_interval.cv_auroc_interval`) from the same fit and replicates."""
-    from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
-    from safespace_tasks.metrics import probe_auroc, stratified_bootstrap_weights
-    from safespace_tasks.resampling import summarise, weighted_auroc
+    one (:func:`safespace_tasks.stats.cv_interval.cv_auroc_interval`) from the same fit and replicates."""
+    from safespace_tasks.stats.cv_interval import cv_auroc_interval, fold_aurocs
+    from safespace_tasks.stats.probe import probe_auroc
+    from safespace_tasks.stats.resampling import stratified_bootstrap_weights
+    from safespace_tasks.stats.resampling import summarise, weighted_auroc
 
     p = planted_for(spectrum, 3.0)
     out: dict[str, Any] = {"spectrum": spectrum, "sizes": {}}

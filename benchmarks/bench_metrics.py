@@ -61,7 +61,7 @@ def synthetic_states(n: int, d: int, seed: int, rank: int = 64, block: int = 409
 
 
 def run_once(n: int, d: int, *, n_boot: int, seed: int) -> dict[str, Any]:
-    from safespace_tasks.metrics import separation_metrics
+    from safespace_tasks.stats.separation import separation_metrics
 
     X, y = synthetic_states(n, d, seed)
     with C.Stopwatch() as sw:
@@ -93,7 +93,8 @@ def run_protocol(languages: int, n: int, d: int, pair_n: int, *, n_boot: int, se
     (n x d) and one pair set (pair_n texts = pair_n / 2 pairs, grouped), as the harness runs them."""
     import inspect
 
-    from safespace_tasks.metrics import paired_shift, separation_metrics
+    from safespace_tasks.stats.pairs import paired_shift
+    from safespace_tasks.stats.separation import separation_metrics
 
     parts = {p: 0.0 for p in PROTOCOL_PARTS}
     total = 0.0
@@ -215,7 +216,7 @@ def main(argv=None) -> dict[str, Any]:
     import scipy.optimize  # noqa: F401
     import sklearn.decomposition  # noqa: F401
 
-    import safespace_tasks.metrics  # noqa: F401
+    import safespace_tasks.stats.separation  # noqa: F401
 
     limit = threadpool_limits(args.threads) if args.threads else None
     load_start = C.load_average()

@@ -1,4 +1,4 @@
-"""Calibration of the shared-utility overlap null (safespace_tasks.unit_nulls) on synthetic statistics.
+"""Calibration of the shared-utility overlap null (safespace_tasks.stats.unit_nulls) on synthetic statistics.
 
 No model: per-request token activations are drawn per channel, dealt into groups as the units
 family deals them, and two sets ``a`` / ``b`` are compared against one utility set (the same
@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safespace_tasks.unit_nulls import overlap_null  # noqa: E402
-from safespace_tasks.units import ClassSettings, RunningStats, UnitLayout, UnitStatistics, merge_all, unit_scores  # noqa: E402
+from safespace_tasks.stats.unit_nulls import overlap_null  # noqa: E402
+from safespace_tasks.stats.units import ClassSettings, RunningStats, UnitLayout, UnitStatistics, merge_all, unit_scores  # noqa: E402
 
 
 def make_layout(n_layers: int, n_neurons: int, n_heads: int, head_dim: int) -> UnitLayout:

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from safespace_tasks.capture import capture_unit_stats, find_decoder_parts, pad_batch
-    from safespace_tasks.units import UnitStatistics, merge_all
+    from safespace_tasks.stats.units import UnitStatistics, merge_all
 
     torch.set_num_threads(args.threads)
     allocator = _fix_malloc_thresholds()

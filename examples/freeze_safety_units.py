@@ -46,7 +46,7 @@ from safespace_tasks.data import DataError, advbench_rows, alpaca_seed_rows, xst
 from safespace_tasks.refusal import summarize_replies  # noqa: E402
 from safespace_tasks.capture import find_decoder_parts  # noqa: E402
 from safespace_tasks.unit_masks import load_mask, load_unit_stats  # noqa: E402
-from safespace_tasks.units import CLASSES, ClassSettings, analyse  # noqa: E402
+from safespace_tasks.stats.units import CLASSES, ClassSettings, analyse  # noqa: E402
 
 MODES = ("none", "scu", "scu_cu", "scu_allcu")
 DEFAULT_STEP_FACTORS = "scu_allcu=2"

@@ -42,7 +42,7 @@ from prune_safety_units import random_mask  # noqa: E402
 from safespace_tasks.data import MULTIJAIL_LANGUAGES, multijail_rows  # noqa: E402
 from safespace_tasks.ablation import ablate, add_output_biases, calibration_means  # noqa: E402
 from safespace_tasks.unit_masks import UnitMask, check_mask, load_unit_stats  # noqa: E402
-from safespace_tasks.units import ClassSettings, analyse, jaccard, scu_ids  # noqa: E402
+from safespace_tasks.stats.units import ClassSettings, analyse, jaccard, scu_ids  # noqa: E402
 
 
 def set_name(s: str) -> str:

@@ -40,7 +40,7 @@ from safespace_tasks.ablation import ablate, calibration_means
 from safespace_tasks.data import advbench_rows, alpaca_seed_rows, resolve_data_dir
 from safespace_tasks.refusal import summarize_replies
 from safespace_tasks.unit_masks import UnitMask, load_mask, load_unit_stats
-from safespace_tasks.units import CLASSES
+from safespace_tasks.stats.units import CLASSES
 
 VARIANTS = ("none", "SCU", "random", "RU")
 

@@ -3,7 +3,7 @@
 Importing :mod:`safespace_tasks.harness` (which lm-eval does when it loads a safespace task, and
 :func:`install` and :func:`task_manager` do) gives lm-eval's Hugging Face backend the
 ``pooled_hidden_states`` request type, registers the ``safespace-hf`` model and installs the patches
-listed in :mod:`safespace_tasks.harness.patches`. The package itself, the pure metrics (:mod:`safespace_tasks.metrics`), data loaders (:mod:`safespace_tasks.data`),
+listed in :mod:`safespace_tasks.harness.patches`. The package itself, the pure metrics (:mod:`safespace_tasks.stats`), data loaders (:mod:`safespace_tasks.data`),
 capture (:mod:`safespace_tasks.capture`) and saved states (:mod:`safespace_tasks.states`) import
 without lm-eval side effects.
 """

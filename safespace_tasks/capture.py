@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from safespace_tasks.units import RunningStats, UnitLayout, UnitStatistics
+from safespace_tasks.stats.units import RunningStats, UnitLayout, UnitStatistics
 
 __all__ = [
     "POOLINGS",
@@ -417,7 +417,7 @@ def capture_unit_stats(
     """Per-row running statistics of the inputs of the named sub-modules of every block.
 
     ``select`` (batch x tokens, bool) marks the tokens to score (padding must be False there).
-    Returns one :class:`~safespace_tasks.units.UnitStatistics` per row; ``sites[name]`` holds
+    Returns one :class:`~safespace_tasks.stats.units.UnitStatistics` per row; ``sites[name]`` holds
     count, mean and M2 (float64) of shape (layers x channels). Memory is O(batch x units): no
     token's activations are kept past its layer.
     """

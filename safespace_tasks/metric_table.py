@@ -2,23 +2,31 @@
 
 Each row says what the tasks (direction for lm-eval, how the task aggregates the per-doc values),
 the config generator (which families report it, whether the family row averages it) and the report
-(title, unit, note, order) need to know. Adding a metric = its function + one row here.
+(title, unit, note, order) need to know. A separation metric's row also carries its
+:class:`~safespace_tasks.stats.kernels.Kernel` (its point value on the PCA-k states and labels, and
+its class-weighted form) and its natural range: :func:`~safespace_tasks.stats.separation.separation_metrics`,
+its bootstrap, its permutation null and the paired bootstrap of two models loop over the rows that
+have a kernel (:func:`kernel_rows`), and the row's null floor and p-value rows follow from it.
+Adding a metric = its kernel + one row here (see CONTRIBUTING.md).
 
-Pure data: no lm-eval, no torch. A name that is not in the table is an error
-(:func:`spec`), never silently lower-is-better.
+No lm-eval, no torch. A name that is not in the table is an error (:func:`spec`), never silently
+lower-is-better.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from safespace_tasks.data import MULTIJAIL_LANGUAGES
+from safespace_tasks.stats.kernels import BCV_RATIO, BHATTACHARYYA, SILHOUETTE, Kernel
+from safespace_tasks.stats.probe import PROBE_AUROC
 
 __all__ = [
     "MetricSpec", "METRICS", "has_peak", "UnknownMetricError", "spec", "base_name", "higher_is_better",
     "family_metrics", "family_mean_metrics", "is_count", "SEPARATION_METRICS", "PAIR_METRICS",
     "SCORER_QUALITY_METRICS", "FAMILIES", "PEAK_SUFFIXES", "TRANSFER_METRICS", "UNITS_LANGUAGES", "units_language_pairs",
-    "units_metric_applies",
+    "units_metric_applies", "kernel_rows", "register", "unregister",
 ]
 
 # How a task turns its per-doc values into the language's number:
@@ -41,6 +49,14 @@ class MetricSpec:
         :func:`family_metrics`, the task adds it once the layers are known.
     interval: the task reports a standard error for it (False: a diagnostic read beside a metric,
         whose gain the report shows without an interval and without a notice about the missing one).
+    kernel: how :func:`~safespace_tasks.stats.separation.separation_metrics` computes it (None: the
+        metric is computed elsewhere). A row with a kernel gets a ``<name>_null`` and a ``<name>_p`` row.
+    range: the metric's natural range (lower, upper): intervals are clipped to it, a difference of
+        two models to (lower - upper, upper - lower).
+    short: its label in the report's compact plots (default: the name).
+    term_of: the metric this diagnostic is a term of (read from ``diagnostic`` of that metric's
+        measurement; NaN where that metric is NaN).
+    diagnostic: the key of the measurement's diagnostics the term is read from.
     """
 
     name: str
@@ -55,49 +71,65 @@ class MetricSpec:
     per_language: bool = False
     sweep_only: bool = False
     interval: bool = True
+    kernel: Kernel | None = None
+    range: tuple[float, float] = (-math.inf, math.inf)
+    short: str | None = None
+    term_of: str | None = None
+    diagnostic: str | None = None
 
 
 _SEP = ("toxicity", "paradetox")
 _GEN = ("continuation", "detox")
 _SCORER_NOTE = "the toxicity scorer's {what} in the task's language"
-# separation metrics with a null floor (name, title, unit)
-_NULL_OF = (
-    ("bcv_ratio", "between-class variance ratio", "fraction"),
-    ("bhattacharyya", "Bhattacharyya distance", "nats"),
-    ("silhouette", "silhouette", "score (−1 to 1)"),
-    ("probe_auroc", "linear-probe AUROC", "AUROC"),
+
+
+def _reference_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
+    """The null floor of each kernel row (its mean under shuffled labels) and its permutation
+    p-value: references, never averaged into the family row (a mean of p-values is not a p-value)."""
+    kern = [m for m in rows if m.kernel is not None]
+    return tuple(
+        MetricSpec(f"{m.name}_null", False, f"{m.title} null", m.unit, m.families,
+                   f"mean {m.title} over label permutations: what chance gives at this sample size", family_mean=False,
+                   per_layer=m.per_layer)
+        for m in kern
+    ) + tuple(
+        MetricSpec(f"{m.name}_p", False, f"{m.title} p", "p-value", m.families,
+                   f"permutation p-value of the {m.title} (0–1]; small = more separation than shuffled labels give",
+                   family_mean=False, per_layer=m.per_layer)
+        for m in kern
+    )
+
+
+_SEPARATION: tuple[MetricSpec, ...] = (
+    # hidden-space separation (safespace_tasks.stats.separation.separation_metrics over these kernels)
+    MetricSpec("bcv_ratio", True, "between-class variance ratio", "fraction", _SEP,
+               "share of the variance on PCA-k that lies between the toxic and non-toxic means (fraction, 0–1)",
+               per_layer=True, kernel=BCV_RATIO, range=(0.0, 1.0), short="BCV"),
+    MetricSpec("bhattacharyya", True, "Bhattacharyya distance", "nats", _SEP,
+               "distance between Gaussian fits of the two classes on PCA-k", per_layer=True,
+               kernel=BHATTACHARYYA, range=(0.0, math.inf), short="D_B"),
+    MetricSpec("silhouette", True, "silhouette", "score (−1 to 1)", _SEP,
+               "mean silhouette of the two classes on PCA-k (−1 to 1)", per_layer=True,
+               kernel=SILHOUETTE, range=(-1.0, 1.0), short="sil."),
+    MetricSpec("probe_auroc", True, "linear-probe AUROC", "AUROC", _SEP,
+               "cross-validated AUROC of a linear probe on the full states (0–1; 0.5 = chance)", per_layer=True,
+               kernel=PROBE_AUROC, range=(0.0, 1.0), short="AUROC"),
 )
 
 METRICS: tuple[MetricSpec, ...] = (
-    # hidden-space separation (safespace_tasks.metrics.separation_metrics)
-    MetricSpec("bcv_ratio", True, "between-class variance ratio", "fraction", _SEP,
-               "share of the variance on PCA-k that lies between the toxic and non-toxic means (fraction, 0–1)",
-               per_layer=True),
-    MetricSpec("bhattacharyya", True, "Bhattacharyya distance", "nats", _SEP,
-               "distance between Gaussian fits of the two classes on PCA-k", per_layer=True),
-    MetricSpec("silhouette", True, "silhouette", "score (−1 to 1)", _SEP,
-               "mean silhouette of the two classes on PCA-k (−1 to 1)", per_layer=True),
-    MetricSpec("probe_auroc", True, "linear-probe AUROC", "AUROC", _SEP,
-               "cross-validated AUROC of a linear probe on the full states (0–1; 0.5 = chance)", per_layer=True),
-    # the null floor of each (its mean under shuffled labels) and the permutation p-value: references,
-    # never averaged into the family row (a mean of p-values is not a p-value)
-    *(MetricSpec(f"{m}_null", False, f"{title} null", unit, _SEP,
-                 f"mean {title} over label permutations: what chance gives at this sample size", family_mean=False,
-                 per_layer=True)
-      for m, title, unit in _NULL_OF),
-    *(MetricSpec(f"{m}_p", False, f"{title} p", "p-value", _SEP,
-                 f"permutation p-value of the {title} (0–1]; small = more separation than shuffled labels give",
-                 family_mean=False, per_layer=True)
-      for m, title, unit in _NULL_OF),
+    *_SEPARATION,
+    *_reference_rows(_SEPARATION),
     # the two terms of the Bhattacharyya distance (they sum to it; NaN where it is NaN): which one moved.
     # Diagnostics: no bootstrap, no null floor, no family mean, no peak summary.
     MetricSpec("bhattacharyya_mean_term", True, "Bhattacharyya mean term", "nats", _SEP,
                "⅛ Δμᵀ Σ̄⁻¹ Δμ on PCA-k: the class means' distance in units of the pooled covariance",
-               family_mean=False, per_layer=True, interval=False),
+               family_mean=False, per_layer=True, interval=False, term_of="bhattacharyya",
+               diagnostic="bhattacharyya_mahalanobis_term"),
     MetricSpec("bhattacharyya_cov_term", True, "Bhattacharyya covariance term", "nats", _SEP,
                "½ ln(det Σ̄ / √(det Σ₀ det Σ₁)) on PCA-k: how much the class covariances differ (0 when equal)",
-               family_mean=False, per_layer=True, interval=False),
-    # pairs (safespace_tasks.metrics.paired_shift)
+               family_mean=False, per_layer=True, interval=False, term_of="bhattacharyya",
+               diagnostic="bhattacharyya_covariance_term"),
+    # pairs (safespace_tasks.stats.pairs.paired_shift)
     MetricSpec("paired_shift", True, "paired shift", "probe margin", ("paradetox",), per_layer=True),
     MetricSpec("pair_order_acc", True, "pair order accuracy", "fraction", ("paradetox",), per_layer=True),
     MetricSpec("n_truncated", False, "texts truncated", "count", _SEP + ("units",), family_mean=False),
@@ -105,7 +137,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("likelihood_preference", True, "likelihood preference", "fraction", ("detoxpref",), aggregation=MEAN),
     MetricSpec("likelihood_preference_raw", True, "likelihood preference raw", "fraction", ("detoxpref",),
                aggregation=MEAN),
-    # continuation (safespace_tasks.behaviour_metrics.continuation_toxicity)
+    # continuation (safespace_tasks.stats.behaviour.continuation_toxicity)
     MetricSpec("expected_max_toxicity", False, "expected max toxicity", "probability", ("continuation",)),
     MetricSpec("toxicity_probability", False, "toxicity probability", "fraction", ("continuation",)),
     MetricSpec("mean_toxicity", False, "mean toxicity", "probability", ("continuation",)),
@@ -117,14 +149,14 @@ METRICS: tuple[MetricSpec, ...] = (
                ("continuation",)),
     MetricSpec("toxicity_probability_nontoxic_prompts", False, "toxicity probability nontoxic prompts", "fraction",
                ("continuation",)),
-    # detox rewriting (safespace_tasks.behaviour_metrics.detox_scores)
+    # detox rewriting (safespace_tasks.stats.behaviour.detox_scores)
     MetricSpec("sta", True, "sta", "fraction", ("detox",)),
     MetricSpec("sim", True, "sim", "cosine", ("detox",)),
     MetricSpec("fl", True, "fl", "chrF (0–1)", ("detox",)),
     MetricSpec("joint", True, "joint", "score (0–1)", ("detox",)),
     MetricSpec("joint_copy_baseline", True, "joint copy baseline", "score (0–1)", ("detox",)),
     MetricSpec("joint_reference", True, "joint reference", "score (0–1)", ("detox",)),
-    # zero-shot recognition (safespace_tasks.behaviour_metrics.recognition_scores)
+    # zero-shot recognition (safespace_tasks.stats.behaviour.recognition_scores)
     MetricSpec("acc", True, "acc", "fraction", ("recognition",)),
     MetricSpec("auroc", True, "auroc", "AUROC", ("recognition",)),
     MetricSpec("yes_rate", False, "yes rate", "fraction", ("recognition",)),
@@ -178,7 +210,7 @@ METRICS: tuple[MetricSpec, ...] = (
 def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
     """The peak summary of each per-layer metric, reported when a task reads two or more layers."""
     out = []
-    references = {f"{n}{tail}" for n, _, _ in _NULL_OF for tail in ("_null", "_p")}
+    references = {f"{m.name}{tail}" for m in rows if m.kernel is not None for tail in ("_null", "_p")}
     for m in rows:
         # a null floor, a p-value or a diagnostic term has no "best layer"
         if not m.per_layer or m.name in references or not m.interval:
@@ -199,7 +231,7 @@ def _peak_rows(rows: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
 
 _TRANSFER = ("transfer",)
 METRICS = METRICS + _peak_rows(METRICS) + (
-    # cross-lingual transfer (safespace_tasks.transfer.transfer_matrix), one task holding every language
+    # cross-lingual transfer (safespace_tasks.stats.transfer.transfer_matrix), one task holding every language
     MetricSpec("transfer_auroc", True, "transfer AUROC", "AUROC", _TRANSFER,
                "AUROC of the source language's probe on the target's texts (0.5 = chance)", family_mean=False,
                per_layer=True, per_language=True),
@@ -229,7 +261,7 @@ for _m in METRICS:
 METRICS = tuple(_merged.values())
 
 
-# safety units (safespace_tasks.harness.units_task over safespace_tasks.units): one task per model, so
+# safety units (safespace_tasks.harness.units_task over safespace_tasks.stats.units): one task per model, so
 # no family mean. MultiJail's languages in its order: the tuple of safespace_tasks.data.
 UNITS_LANGUAGES: tuple[str, ...] = MULTIJAIL_LANGUAGES
 _U = ("units",)
@@ -288,7 +320,7 @@ def units_language_pairs(languages) -> list[tuple[str, str]]:
     chosen = [lang for lang in UNITS_LANGUAGES if lang in set(languages)]
     return [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]]
 def _units_null_rows() -> tuple[MetricSpec, ...]:
-    """The shared-utility null of every overlap (safespace_tasks.unit_nulls) and the split halves
+    """The shared-utility null of every overlap (safespace_tasks.stats.unit_nulls) and the split halves
     with independent utility halves."""
     rows = []
     for name in ("safety", "en"):
@@ -329,16 +361,12 @@ def units_metric_applies(metric: str, languages) -> bool:
     return True
 
 
-_BY_NAME = {m.name: m for m in METRICS}
+_BY_NAME: dict[str, MetricSpec] = {}
 
 
 def has_peak(name: str) -> bool:
     """Whether a per-layer metric gets a peak summary (``<m>_best`` ...) in a sweep."""
     return f"{name}_best" in _BY_NAME
-if len(_BY_NAME) != len(METRICS):  # pragma: no cover - a table edit error
-    raise RuntimeError("metric_table: a metric name appears twice")
-
-FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(f for m in METRICS for f in m.families))
 
 
 class UnknownMetricError(KeyError):
@@ -348,7 +376,7 @@ class UnknownMetricError(KeyError):
         return str(self.args[0]) if self.args else "unknown metric"
 
 
-_LANG_ROWS = sorted((m.name for m in METRICS if m.per_language), key=len, reverse=True)
+_LANG_ROWS: list[str] = []
 
 
 def base_name(metric: str) -> str:
@@ -402,11 +430,58 @@ def family_mean_metrics(family: str) -> tuple[str, ...]:
     return tuple(m for m in family_metrics(family) if _BY_NAME[m].family_mean)
 
 
-# the per-layer metrics of every hidden-space family, and those only pairs have
-SEPARATION_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_layer and set(_SEP) <= set(m.families))
 PEAK_SUFFIXES: tuple[str, ...] = ("_best", "_best_layer", "_final")
-TRANSFER_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_language)
-PAIR_METRICS: tuple[str, ...] = tuple(
-    m.name for m in METRICS if m.per_layer and not m.per_language and m.name not in SEPARATION_METRICS
-)
-SCORER_QUALITY_METRICS: tuple[str, ...] = tuple(m.name for m in METRICS if m.name.startswith("scorer_"))
+FAMILIES: tuple[str, ...] = ()
+# the per-layer metrics of every hidden-space family, and those only pairs have
+SEPARATION_METRICS: tuple[str, ...] = ()
+TRANSFER_METRICS: tuple[str, ...] = ()
+PAIR_METRICS: tuple[str, ...] = ()
+SCORER_QUALITY_METRICS: tuple[str, ...] = ()
+
+
+def _index() -> None:
+    """The lookups derived from :data:`METRICS` (rebuilt when a metric is registered)."""
+    global _BY_NAME, _LANG_ROWS, FAMILIES, SEPARATION_METRICS, TRANSFER_METRICS, PAIR_METRICS, SCORER_QUALITY_METRICS
+    by_name = {m.name: m for m in METRICS}
+    if len(by_name) != len(METRICS):  # pragma: no cover - a table edit error
+        raise RuntimeError("metric_table: a metric name appears twice")
+    _BY_NAME = by_name
+    _LANG_ROWS = sorted((m.name for m in METRICS if m.per_language), key=len, reverse=True)
+    FAMILIES = tuple(dict.fromkeys(f for m in METRICS for f in m.families))
+    SEPARATION_METRICS = tuple(m.name for m in METRICS if m.per_layer and set(_SEP) <= set(m.families))
+    TRANSFER_METRICS = tuple(m.name for m in METRICS if m.per_language)
+    PAIR_METRICS = tuple(
+        m.name for m in METRICS if m.per_layer and not m.per_language and m.name not in SEPARATION_METRICS
+    )
+    SCORER_QUALITY_METRICS = tuple(m.name for m in METRICS if m.name.startswith("scorer_"))
+
+
+_index()
+
+
+def kernel_rows(*, cross_fitted: bool = True) -> tuple[MetricSpec, ...]:
+    """The rows :func:`~safespace_tasks.stats.separation.separation_metrics` computes (those with a
+    kernel), in table order; ``cross_fitted=False`` leaves out the cross-fitted ones (the probe)."""
+    return tuple(m for m in METRICS if m.kernel is not None and (cross_fitted or not m.kernel.cross_fitted))
+
+
+def register(row: MetricSpec) -> tuple[MetricSpec, ...]:
+    """Add a metric to the table at run time, with the rows that follow from it (a kernel row's null
+    floor and p-value, a per-layer row's peak summary); returns the rows added. For a plugin or a
+    test: a metric of the package itself is a row of :data:`METRICS` above."""
+    global METRICS
+    if row.name in _BY_NAME:
+        raise ValueError(f"metric {row.name!r} is already in the table")
+    refs = _reference_rows((row,))
+    added = (row,) + refs + _peak_rows((row,) + refs)
+    METRICS = METRICS + added
+    _index()
+    return added
+
+
+def unregister(name: str) -> None:
+    """Remove a metric :func:`register` added, and the rows that followed from it."""
+    global METRICS
+    derived = {name} | {name + tail for tail in ("_null", "_p") + PEAK_SUFFIXES}
+    METRICS = tuple(m for m in METRICS if m.name not in derived)
+    _index()

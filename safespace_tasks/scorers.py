@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from safespace_tasks import data as data_mod
-from safespace_tasks.behaviour_metrics import DEFAULT_THRESHOLD, binary_quality
+from safespace_tasks.stats.behaviour import DEFAULT_THRESHOLD, binary_quality
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from safespace_tasks.capture import (
     find_decoder_parts,
     resolve_module_path,
 )
-from safespace_tasks.units import CLASSES, UnitLayout
+from safespace_tasks.stats.units import CLASSES, UnitLayout
 
 __all__ = ["MaskError", "UnitMask", "weights_fingerprint", "fingerprints_match", "save_mask", "load_mask", "check_mask", "prune_model",
            "write_pruned_checkpoint"]
@@ -378,7 +378,7 @@ def save_unit_stats(path: str | Path, sets: dict[str, "UnitStatistics"], layout:
 def load_unit_stats(path: str | Path) -> tuple[dict[str, "UnitStatistics"], UnitLayout, dict[str, Any]]:
     from safetensors import safe_open
 
-    from safespace_tasks.units import RunningStats, UnitStatistics
+    from safespace_tasks.stats.units import RunningStats, UnitStatistics
 
     path = Path(path)
     if not path.is_file():

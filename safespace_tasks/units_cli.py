@@ -194,7 +194,7 @@ def stats_main(args) -> int:
     import safespace_tasks.harness  # noqa: F401 - installs the request type
     from safespace_tasks.capture import unit_layout
     from safespace_tasks.unit_masks import save_unit_stats, weights_fingerprint
-    from safespace_tasks.units import merge_all
+    from safespace_tasks.stats.units import merge_all
 
     t0 = time.perf_counter()
     check_stats_inputs(args)  # before the model loads
@@ -247,7 +247,7 @@ def run_stats_file(folder: str | Path) -> Path:
 
 def mask_main(args) -> int:
     from safespace_tasks.unit_masks import MaskError, UnitMask, load_unit_stats, save_mask
-    from safespace_tasks.units import ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids, classify, unit_scores
+    from safespace_tasks.stats.units import ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids, classify, unit_scores
 
     if args.from_run:
         args.stats = str(run_stats_file(args.from_run))
@@ -292,7 +292,7 @@ def prune_stats_file(args) -> str:
 def prune_main(args) -> int:
     from safespace_tasks.ablation import calibration_means
     from safespace_tasks.unit_masks import load_mask, write_pruned_checkpoint
-    from safespace_tasks.units import CLASSES
+    from safespace_tasks.stats.units import CLASSES
 
     classes = tuple(c.strip().upper() for c in args.classes.split(",") if c.strip())
     bad = [c for c in classes if c not in CLASSES]
@@ -319,7 +319,7 @@ def compare_runs(stats_a: str | Path, stats_b: str | Path, settings=None) -> dic
     import numpy as np
 
     from safespace_tasks.unit_masks import MaskError, load_unit_stats
-    from safespace_tasks.units import CLASSES, ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids
+    from safespace_tasks.stats.units import CLASSES, ClassSettings, analyse, expected_random_jaccard, jaccard, scu_ids
 
     settings = settings or ClassSettings()
     sets_a, layout_a, info_a = load_unit_stats(stats_a)
@@ -354,7 +354,7 @@ def compare_runs(stats_a: str | Path, stats_b: str | Path, settings=None) -> dic
 
 
 def compare_main(args) -> int:
-    from safespace_tasks.units import ClassSettings
+    from safespace_tasks.stats.units import ClassSettings
 
     result = compare_runs(run_stats_file(args.from_run), run_stats_file(args.to_run),
                           ClassSettings(ru=args.ru, scu=args.scu, ucu=args.ucu))
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from safespace_tasks.data import DataError
     from safespace_tasks.local_models import ModelPathError
     from safespace_tasks.unit_masks import MaskError
-    from safespace_tasks.units import UnitsError
+    from safespace_tasks.stats.units import UnitsError
 
     try:
         return {"stats": stats_main, "mask": mask_main, "prune": prune_main, "compare": compare_main}[args.units_command](args)

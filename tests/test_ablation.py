@@ -13,7 +13,7 @@ import torch
 
 from safespace_tasks import units_cli
 from safespace_tasks.ablation import ablate, add_output_biases, calibration_means
-from safespace_tasks.units import CLASSES, RunningStats, UnitStatistics
+from safespace_tasks.stats.units import CLASSES, RunningStats, UnitStatistics
 
 
 def _model(folder):

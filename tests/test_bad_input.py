@@ -156,7 +156,7 @@ def test_the_null_floor_settings_are_checked_like_every_other(meta, words):
 def test_saved_states_carry_the_groups_the_metrics_used(degenerate_run):
     """With copies of a text the states file holds the groups the metrics kept whole, so a report
     (or a reviewer) recomputes exactly the reported values and standard errors."""
-    from safespace_tasks.metrics import separation_metrics
+    from safespace_tasks.stats.separation import separation_metrics
     from safespace_tasks.states import load_states
 
     results, details, _, out = degenerate_run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from safespace_tasks.behaviour_metrics import (
+from safespace_tasks.stats.behaviour import (
     BehaviourInputError,
     auroc,
     binary_quality,

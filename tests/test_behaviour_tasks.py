@@ -18,7 +18,7 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import scorers
 from safespace_tasks.plugin import task_dir
-from safespace_tasks.behaviour_metrics import BehaviourInputError, auroc
+from safespace_tasks.stats.behaviour import BehaviourInputError, auroc
 from safespace_tasks.data import TOXICITY
 from safespace_tasks.harness.behaviour import EmptyOutputError
 from safespace_tasks.scorers import ScorerError

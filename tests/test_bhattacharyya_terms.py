@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.metrics import gaussian_bhattacharyya, separation_metrics
+from safespace_tasks.stats.kernels import gaussian_bhattacharyya
+from safespace_tasks.stats.separation import separation_metrics
 
 
 def test_terms_match_the_closed_form_of_planted_gaussians():

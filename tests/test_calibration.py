@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_calibration as BC  # noqa: E402
 
-from safespace_tasks import metrics as M  # noqa: E402
+from safespace_tasks.stats import paired, probe as probe_stats, separation  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def study():
     rows = []
     for r in range(80):
         X, y = BC.sample(p, 200, rng)
-        res = M.separation_metrics(X, y, k=BC.K, n_boot=100, n_permutations=0, probe=False, seed=r)
+        res = separation.separation_metrics(X, y, k=BC.K, n_boot=100, n_permutations=0, probe=False, seed=r)
         rows.append(res)
     return truth, rows
 
@@ -56,7 +56,7 @@ def test_probe_interval_covers_the_auroc_of_a_probe_trained_at_that_size():
     hits = []
     for r in range(20):
         X, y = BC.sample(p, 100, rng)
-        res = M.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, seed=r)
+        res = separation.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, seed=r)
         lo, hi = res.ci["probe_auroc"]
         hits.append(lo <= truth <= hi)
     assert np.mean(hits) >= 0.8
@@ -69,14 +69,14 @@ def test_cv_interval_parts_match_an_independent_computation():
     from scipy.stats import t as student_t
     from sklearn.metrics import roc_auc_score
 
-    from safespace_tasks.cv_interval import cv_auroc_interval, fold_aurocs
+    from safespace_tasks.stats.cv_interval import cv_auroc_interval, fold_aurocs
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(240, 12))
     y = np.r_[np.zeros(120, int), np.ones(120, int)]
     X[y == 1, :2] += 0.6
-    res = M.separation_metrics(X, y, k=5, n_boot=80, n_permutations=0, seed=2)
-    probe = M.probe_auroc(X, y, seed=2)
+    res = separation.separation_metrics(X, y, k=5, n_boot=80, n_permutations=0, seed=2)
+    probe = probe_stats.probe_auroc(X, y, seed=2)
     per_fold = fold_aurocs(probe.oof_scores, y, probe.folds)
     np.testing.assert_allclose(per_fold, [roc_auc_score(y[te], probe.oof_scores[te]) for _, te in probe.folds])
     sp = res.spread["probe_auroc"]
@@ -102,9 +102,9 @@ def test_probe_interval_covers_on_the_power_law_spectrum_where_fixed_scores_fell
     vals, ses, hits = [], [], []
     for r in range(30):
         X, y = BC.sample(p, 150, rng)
-        res = M.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, seed=r)
+        res = separation.separation_metrics(X, y, k=BC.K, n_boot=60, n_permutations=0, seed=r)
         lo, hi = res.ci["probe_auroc"]
-        assert res.spread["probe_auroc"]["method"] == M.CV_METHOD
+        assert res.spread["probe_auroc"]["method"] == probe_stats.CV_METHOD
         vals.append(res.values["probe_auroc"])
         ses.append(res.stderr["probe_auroc"])
         hits.append(lo <= truth <= hi)
@@ -116,11 +116,11 @@ def test_probe_interval_covers_on_the_power_law_spectrum_where_fixed_scores_fell
 def test_pca_refit_replicates_with_unit_weights_are_the_plug_in_values():
     """A replicate that draws every text once is the sample itself: refitting its basis must give
     back the point estimates exactly (the replicate is computed as the estimate is)."""
-    from safespace_tasks.pca_refit import pca_refit_replicates
+    from safespace_tasks.stats.pca_refit import pca_refit_replicates
 
     p = BC.planted_spectrum("powerlaw")
     X, y = BC.sample(p, 100, np.random.default_rng(4))
-    res = M.separation_metrics(X, y, k=BC.K, n_boot=0, n_permutations=0, probe=False)
+    res = separation.separation_metrics(X, y, k=BC.K, n_boot=0, n_permutations=0, probe=False)
     reps = pca_refit_replicates(X, y, np.ones((X.shape[0], 2)), BC.K, ridge=res.diagnostics["bhattacharyya_ridge"],
                                 metrics=("bcv_ratio", "bhattacharyya", "silhouette"))
     for name, r in reps.items():
@@ -135,8 +135,8 @@ def test_paired_probe_gain_interval_uses_the_per_fold_differences_of_both_models
     p = BC.planted_spectrum("eigengap")
     Xa, y = BC.sample(p, 80, np.random.default_rng(6))
     Xb = Xa + y[:, None] * p["align"]
-    d = M.paired_bootstrap_difference(Xa, Xb, y, k=BC.K, n_boot=40, seed=3)
-    fa, fb = M.probe_auroc(Xa, y, seed=3), M.probe_auroc(Xb, y, seed=3)
+    d = paired.paired_bootstrap_difference(Xa, Xb, y, k=BC.K, n_boot=40, seed=3)
+    fa, fb = probe_stats.probe_auroc(Xa, y, seed=3), probe_stats.probe_auroc(Xb, y, seed=3)
     assert [list(t) for _, t in fa.folds] == [list(t) for _, t in fb.folds]
     per_fold = [roc_auc_score(y[t], fb.oof_scores[t]) - roc_auc_score(y[t], fa.oof_scores[t]) for _, t in fa.folds]
     sp = d.spread["probe_auroc"]
@@ -145,7 +145,7 @@ def test_paired_probe_gain_interval_uses_the_per_fold_differences_of_both_models
     assert d.stderr["probe_auroc"] == pytest.approx(np.sqrt((sp["var_bootstrap"] + v_cv) / 2))
     assert d.difference["probe_auroc"] == pytest.approx(fb.auroc - fa.auroc)
     lo, hi = d.ci["probe_auroc"]
-    assert lo < d.difference["probe_auroc"] < hi and sp["method"] == M.CV_METHOD
+    assert lo < d.difference["probe_auroc"] < hi and sp["method"] == probe_stats.CV_METHOD
 
 
 def test_independent_fallback_matches_the_gain_spread_of_independent_samples_and_is_conservative_on_shared_texts():
@@ -160,7 +160,7 @@ def test_independent_fallback_matches_the_gain_spread_of_independent_samples_and
         Xa, y = BC.sample(p, 100, rng)
         Xb = Xa + y[:, None] * p["align"]  # the aligned model on the same texts
         Xc, _ = BC.sample(pb, 100, rng)  # ... and on an independent sample of texts
-        ra, rb, rc = (M.separation_metrics(X, y, k=BC.K, n_boot=50, n_permutations=0, probe=False, seed=r)
+        ra, rb, rc = (separation.separation_metrics(X, y, k=BC.K, n_boot=50, n_permutations=0, probe=False, seed=r)
                       for X in (Xa, Xb, Xc))
         same.append(rb.values["bcv_ratio"] - ra.values["bcv_ratio"])
         indep.append(rc.values["bcv_ratio"] - ra.values["bcv_ratio"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from safespace_tasks import data, metrics as M
+from safespace_tasks import data
+from safespace_tasks.stats import pairs as pair_stats, validation
 from safespace_tasks.states import load_states
 from test_harness_e2e import results_of, run_cli
 
@@ -30,14 +31,14 @@ def planted_pairs(n=2000, d=20, delta=1.0, content_sd=1.0, noise_sd=1.0, seed=0)
 
 def test_planted_shift_and_ordering_are_recovered():
     X, y, g = planted_pairs()
-    res = M.paired_shift(X, y, g, n_boot=100)
+    res = pair_stats.paired_shift(X, y, g, n_boot=100)
     # along u the within-class SD is sqrt(content^2 + noise^2); the pair difference has SD noise*sqrt(2)
     assert res.shift == pytest.approx(1.0 / np.sqrt(2.0), abs=0.03)
     assert res.order_accuracy == pytest.approx(norm.cdf(1.0 / np.sqrt(2.0)), abs=0.02)
     assert res.n_pairs == 2000 and res.stderr["paired_shift"] > 0
     # no displacement: no shift, ordering at chance
     X0, y0, g0 = planted_pairs(delta=0.0, seed=1)
-    null = M.paired_shift(X0, y0, g0, n_boot=0)
+    null = pair_stats.paired_shift(X0, y0, g0, n_boot=0)
     assert abs(null.shift) < 0.08 and abs(null.order_accuracy - 0.5) < 0.05
 
 
@@ -45,9 +46,9 @@ def test_a_pair_never_defines_its_own_direction():
     # one huge outlier pair: if it helped pick the direction it would score its own displacement
     X, y, g = planted_pairs(n=40, d=5, delta=0.0, seed=3)
     X[0, 4] += 1000.0  # toxic member of pair 0 far along axis 4
-    res = M.paired_shift(X, y, g, n_splits=5, n_boot=0, seed=0)
+    res = pair_stats.paired_shift(X, y, g, n_splits=5, n_boot=0, seed=0)
     # recompute pair 0's score with the direction of the other pairs only, independently
-    tox, neu = M.pair_index(y, g)
+    tox, neu = pair_stats.pair_index(y, g)
     fold_of = np.random.default_rng(0).permutation(np.arange(40) % 5)
     train = fold_of != fold_of[0]
     w = (X[tox[train]] - X[neu[train]]).mean(0)
@@ -58,10 +59,10 @@ def test_a_pair_never_defines_its_own_direction():
 
 def test_incomplete_pairs_are_rejected_by_the_pure_metric():
     X, y, g = planted_pairs(n=10, d=3)
-    with pytest.raises(M.SeparationInputError, match="exactly one toxic and one neutral"):
-        M.paired_shift(X[:-1], y[:-1], g[:-1])
-    with pytest.raises(M.SeparationInputError, match="at least 4 pairs"):
-        M.paired_shift(X[[0, 1, 2, 10, 11, 12]], y[[0, 1, 2, 10, 11, 12]], g[[0, 1, 2, 10, 11, 12]])
+    with pytest.raises(validation.SeparationInputError, match="exactly one toxic and one neutral"):
+        pair_stats.paired_shift(X[:-1], y[:-1], g[:-1])
+    with pytest.raises(validation.SeparationInputError, match="at least 4 pairs"):
+        pair_stats.paired_shift(X[[0, 1, 2, 10, 11, 12]], y[[0, 1, 2, 10, 11, 12]], g[[0, 1, 2, 10, 11, 12]])
 
 
 def test_a_pair_preference_counts_ties_half():

@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift, paired_shift_difference, separation_metrics
+from safespace_tasks.stats.paired import paired_bootstrap_difference
+from safespace_tasks.stats.pairs import paired_shift, paired_shift_difference
+from safespace_tasks.stats.separation import separation_metrics
 from safespace_tasks.report import ReportInputError, build_report
 from safespace_tasks.report.plots import figure_pixels
 from safespace_tasks.report.tables import GAP_ROW, MEAN_ROW, SHARED_MEAN_ROW, fmt

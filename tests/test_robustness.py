@@ -193,7 +193,7 @@ def test_a_language_with_one_class_is_reported_not_measured(lm, tmp_path, caplog
     row = out["results"]["safespace-toxicity-en"]
     assert all(np.isnan(row[f"{m},none"]) for m in SEPARATION)
     assert "0 non-toxic" in caplog.text or "20 non-toxic and 0 toxic" in caplog.text
-    from safespace_tasks.metrics import SeparationInputError
+    from safespace_tasks.stats.validation import SeparationInputError
 
     with pytest.raises(SeparationInputError, match="each class"):
         _evaluate(lm, root, tasks=["safespace-toxicity-en"], limit=None, strict=True)

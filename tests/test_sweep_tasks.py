@@ -19,7 +19,7 @@ from safespace_tasks.harness.task import SeparationSettings, peak_summary
 from safespace_tasks.harness.transfer_task import TransferSettings
 from safespace_tasks.layer_spec import LayerSpecError, normalize_spec, resolve_spec
 from safespace_tasks.states import load_states
-from safespace_tasks.transfer import transfer_matrix
+from safespace_tasks.stats.transfer import transfer_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

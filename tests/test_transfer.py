@@ -17,8 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from safespace_tasks.metrics import SeparationInputError, probe_auroc
-from safespace_tasks.transfer import (
+from safespace_tasks.stats.validation import SeparationInputError
+from safespace_tasks.stats.probe import probe_auroc
+from safespace_tasks.stats.transfer import (
     QUANTITIES,
     cosine,
     fit_source_probe,
@@ -231,7 +232,7 @@ def test_paired_gain_of_two_models_on_the_same_texts():
     the gain's truth, for the fitted directions w_a and w_b, is
     Phi(w_a.(mu_t + delta_t) / (sigma |w_a| sqrt 2)) - Phi(w_b.mu_t / (sigma |w_b| sqrt 2)).
     The paired interval covers it near 95% and is much narrower than the unpaired combination."""
-    from safespace_tasks.transfer import paired_gain, paired_gain_dict
+    from safespace_tasks.stats.transfer import paired_gain, paired_gain_dict
 
     mu_s = np.array([1.2, 0.0, 0.0])
     mu_t = rotated(mu_s, 0.5)

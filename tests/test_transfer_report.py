@@ -26,7 +26,7 @@ from safespace_tasks.report.transfer import (
     transfer_gain,
     transfer_matrix_array,
 )
-from safespace_tasks.transfer import transfer_matrix
+from safespace_tasks.stats.transfer import transfer_matrix
 
 
 def _png_size(path):

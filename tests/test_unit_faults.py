@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.units import CLASSES, RunningStats, UnitLayout, UnitStatistics, jaccard, scu_ids
+from safespace_tasks.stats.units import CLASSES, RunningStats, UnitLayout, UnitStatistics, jaccard, scu_ids
 
 
 # ---------- the mask fingerprint ----------
@@ -95,7 +95,7 @@ def test_pair_metrics_follow_multijail_order_whatever_order_the_languages_are_gi
     from safespace_tasks import task_dir
     from safespace_tasks.harness.corpus import Item
     from safespace_tasks.harness.units_task import _RankStats
-    from safespace_tasks.units import ClassSettings, analyse, classify, merge_all, unit_scores
+    from safespace_tasks.stats.units import ClassSettings, analyse, classify, merge_all, unit_scores
 
     meta = {"data_dir": str(mirror), "n_samples": 4, "languages": "th,zh,en", "scu": 0.2, "ru": 0.1, "ucu": 0.1}
     cfg = load_yaml(task_dir() / "units" / "safespace-units.yaml", resolve_func=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safespace_tasks.unit_nulls import GroupStack, equal_weight, floor_null, group_ids, merge_groups, overlap_null, \
-    residual_shuffle, scu_set, split_half_own_utility, unit_strata
-from safespace_tasks.units import (
+from safespace_tasks.stats.unit_nulls import GroupStack, equal_weight, floor_null, group_ids, merge_groups, \
+    overlap_null, residual_shuffle, scu_set, split_half_own_utility, unit_strata
+from safespace_tasks.stats.units import (
     ClassSettings,
     RunningStats,
     UnitLayout,

@@ -17,7 +17,7 @@ from safespace_tasks.capture import (
     resolve_module_path,
     unit_layout,
 )
-from safespace_tasks.units import (
+from safespace_tasks.stats.units import (
     CLASSES,
     ClassSettings,
     RunningStats,

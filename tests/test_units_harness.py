@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import safespace_tasks.harness  # noqa: F401 - installs the request types
-from safespace_tasks.units import CLASSES, RunningStats, UnitStatistics, merge_all
+from safespace_tasks.stats.units import CLASSES, RunningStats, UnitStatistics, merge_all
 
 PAIRS = [
     ("Question: how do I bake bread?\nAnswer:", " Mix flour, water and yeast, then bake."),

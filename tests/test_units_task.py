@@ -11,7 +11,7 @@ import torch
 
 from behaviour_helpers import load_run, run_cli
 from safespace_tasks import metric_table as mt
-from safespace_tasks.units import (
+from safespace_tasks.stats.units import (
     CLASSES,
     ClassSettings,
     RunningStats,
@@ -229,7 +229,7 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
 
     from safespace_tasks import task_manager
     from safespace_tasks.harness.units_task import _RankStats
-    from safespace_tasks.units import UnitsError
+    from safespace_tasks.stats.units import UnitsError
 
     meta = {"data_dir": str(mirror), "n_samples": 2, "languages": "en"}
     task = task_manager(metadata=meta).load(["safespace-units"])["tasks"]["safespace-units"]
@@ -266,7 +266,7 @@ def test_compare_two_runs(units_run, tmp_path, capsys):
     the Thai one, its English SCU Jaccard is the English-vs-Thai Jaccard computed here directly."""
     from safespace_tasks import units_cli
     from safespace_tasks.unit_masks import MaskError, load_unit_stats, save_unit_stats
-    from safespace_tasks.units import ClassSettings, analyse
+    from safespace_tasks.stats.units import ClassSettings, analyse
 
     out, _, _ = units_run
     stats = units_cli.run_stats_file(out)
@@ -298,11 +298,11 @@ def test_compare_two_runs(units_run, tmp_path, capsys):
 
 def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tiny_model_long):
     """The run's ``jaccard_null_*`` / ``jaccard_p_*`` and own-utility split halves equal
-    :mod:`safespace_tasks.unit_nulls` on per-group statistics computed here with plain hooks."""
+    :mod:`safespace_tasks.stats.unit_nulls` on per-group statistics computed here with plain hooks."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from safespace_tasks.capture import unit_layout
-    from safespace_tasks.unit_nulls import overlap_null, split_half_own_utility
+    from safespace_tasks.stats.unit_nulls import overlap_null, split_half_own_utility
 
     _, results, samples = units_run
     row = results["results"]["safespace-units"]
@@ -341,7 +341,7 @@ def test_request_weighting_gives_each_request_equal_weight(mirror):
     """``token_weighting: request``: the classes come from equal-weight moments, computed here with numpy
     from the same per-request token activations (no model: statistics fed to the task directly)."""
     from safespace_tasks.harness.units_task import SafetyUnitsTask
-    from safespace_tasks.units import UnitLayout
+    from safespace_tasks.stats.units import UnitLayout
 
     import dataclasses
 

@@ -80,7 +80,8 @@ RELATIONSHIPS = _ENUMS["source_metadata.evaluator_relationship"]
 
 INF = math.inf
 # Bounds of a metric, by the unit the metric table gives it; a unit whose range depends on the metric
-# (nats, ratio, cosine distance) is not here, its metrics are in _NAME_BOUNDS.
+# (nats, ratio, cosine distance) is not here, its metrics are in _NAME_BOUNDS. A separation metric (a
+# table row with a kernel) has its row's range.
 _UNIT_BOUNDS: dict[str, tuple[float, float]] = {
     "fraction": (0.0, 1.0), "probability": (0.0, 1.0), "AUROC": (0.0, 1.0), "p-value": (0.0, 1.0),
     "balanced accuracy": (0.0, 1.0), "Jaccard": (0.0, 1.0), "chrF (0–1)": (0.0, 1.0), "score (0–1)": (0.0, 1.0),
@@ -89,8 +90,7 @@ _UNIT_BOUNDS: dict[str, tuple[float, float]] = {
     "probe margin": (-INF, INF), "log ratio": (-INF, INF),
 }
 _NAME_BOUNDS: dict[str, tuple[float, float]] = {
-    "bhattacharyya": (0.0, INF),
-    # its two terms: a Mahalanobis distance, and half the log of det(mean) over the geometric mean of the dets
+    # the Bhattacharyya distance's two terms: a Mahalanobis distance, and half the log of det(mean) over the geometric mean of the dets
     # (log det is concave, so that ratio is >= 1)
     "bhattacharyya_mean_term": (0.0, INF), "bhattacharyya_cov_term": (0.0, INF),
     "refusal_margin": (-INF, INF),  # log P(refusal opening) - log P(compliance opening)
@@ -143,6 +143,8 @@ def metric_bounds(metric: str) -> tuple[float, float]:
     row = mt.spec(metric)
     if row.name in _NAME_BOUNDS:
         return _NAME_BOUNDS[row.name]
+    if row.kernel is not None:
+        return row.range
     for tail in _DERIVED_TAILS:  # a peak summary or a null floor lives on its metric's scale
         stem = row.name[: -len(tail)]
         if row.name.endswith(tail) and _in_table(stem):

@@ -15,7 +15,7 @@ Three families, one task per language each (see ``task_configs/``):
 Generation tasks score their outputs in a filter (:class:`ScoreGenerations`) that lm-eval runs once
 per task over all outputs: one batched scorer call per task. Each doc's filtered response keeps
 every sample with its toxicity (visible with ``--log_samples``). The corpus metrics are computed
-once per task in the aggregation (:mod:`safespace_tasks.behaviour_metrics`); their bootstrap
+once per task in the aggregation (:mod:`safespace_tasks.stats.behaviour`); their bootstrap
 standard errors reach the results table through :mod:`safespace_tasks.harness.patches`. The
 scorer's held-out accuracy and AUROC in the task's language are metrics of the task
 (``scorer_heldout_acc``, ``scorer_heldout_auroc``), and its card (per-language held-out table,
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from lm_eval.api.filter import Filter, FilterEnsemble
 
-from safespace_tasks.behaviour_metrics import (
+from safespace_tasks.stats.behaviour import (
     DEFAULT_THRESHOLD,
     BehaviourInputError,
     binary_quality,

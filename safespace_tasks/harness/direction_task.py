@@ -50,7 +50,7 @@ from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, setting
 from safespace_tasks.harness.refusal_task import OpeningSettings
 from safespace_tasks.harness.task import SWEEP_REQUEST_TYPE
-from safespace_tasks.resampling import bootstrap_weights, weighted_means
+from safespace_tasks.stats.resampling import bootstrap_weights, weighted_means
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from safespace_tasks.capture import (
     pad_batch,
     resolve_layers,
 )
-from safespace_tasks.units import UnitStatistics
+from safespace_tasks.stats.units import UnitStatistics
 from safespace_tasks.state_cache import StateCache, digest
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ def unit_statistics(self: HFLM, requests, disable_tqdm: bool = False) -> list[Un
     (``tokens='response'``, default) or the context's (``'prompt'``). Batched like the hidden-state
     request (lm-eval ``Collator``, longest first, int or ``auto`` batch size); the decoder stack
     only, stopped after the last block's site. Merge the returned statistics with
-    :func:`safespace_tasks.units.merge_all`: the result does not depend on batching or on how
+    :func:`safespace_tasks.stats.units.merge_all`: the result does not depend on batching or on how
     requests are split across processes.
     """
     if not requests:
@@ -431,7 +431,7 @@ UNIT_LAYOUT_REQUEST_TYPE = "unit_layout"
 def unit_layout_request(self: HFLM, requests, disable_tqdm: bool = False) -> list[dict[str, Any]]:
     """Serve ``unit_layout`` requests (``args = (options,)``, options empty): what the unit scores
     need from the weights, computed once per call and shared by every request of it:
-    ``layout`` (:class:`~safespace_tasks.units.UnitLayout`: shapes, squared outgoing-weight norms,
+    ``layout`` (:class:`~safespace_tasks.stats.units.UnitLayout`: shapes, squared outgoing-weight norms,
     parameter weights), ``fingerprint`` (the mask files' model fingerprint) and ``chat_template``
     (whether the tokenizer has one). Numbers only: no tensor and no model handle leave the backend.
     """

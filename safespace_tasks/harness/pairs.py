@@ -5,7 +5,7 @@ held fixed and only toxicity changes.
 
 - :class:`ParaDetoxTask` (hidden states): both members go through the same ``pooled_hidden_states``
   path; the separation metrics run with pairs kept together (probe folds and bootstrap), plus the
-  pair-only metrics of :func:`safespace_tasks.metrics.paired_shift`.
+  pair-only metrics of :func:`safespace_tasks.stats.pairs.paired_shift`.
 - :class:`LikelihoodPreferenceTask` (behaviour): the harness's own ``loglikelihood`` requests
   score both members (each as a continuation of an empty context); the metric is how often the model finds the polite rewrite more
   likely than the toxic original. Works on any backend that scores text, hidden states or not.
@@ -21,7 +21,9 @@ from lm_eval.api.instance import Instance
 from safespace_tasks.harness.corpus import CorpusTask, Item, TaskSettings
 from safespace_tasks.harness.task import HiddenSpaceTask
 from safespace_tasks.metric_table import PAIR_METRICS
-from safespace_tasks.metrics import SeparationInputError, SeparationResult, paired_shift
+from safespace_tasks.stats.validation import SeparationInputError
+from safespace_tasks.stats.separation import SeparationResult
+from safespace_tasks.stats.pairs import paired_shift
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Each doc is one text. The task emits one ``pooled_hidden_states`` request per do
 batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.corpus.Item`
 (its ``str`` is short, so ``--log_samples`` stays small), and the aggregations, which lm-eval hands
 every item of the task at once, compute the separation metrics of the whole language with
-:func:`safespace_tasks.metrics.separation_metrics`. The metrics are computed once per task and
+:func:`safespace_tasks.stats.separation.separation_metrics`. The metrics are computed once per task and
 shared by all metric names (:class:`~safespace_tasks.harness.corpus.CorpusTask`); the bootstrap
 standard error reaches the results table through :mod:`safespace_tasks.harness.patches`. The states
 themselves are kept for saving beside the results JSON.
@@ -26,9 +26,8 @@ from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
 from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
-from safespace_tasks.metrics import (
-    METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
-)
+from safespace_tasks.stats.separation import METRIC_NAMES, SeparationResult, separation_metrics
+from safespace_tasks.stats.validation import SeparationInputError, combine_groups, text_groups
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
@@ -499,7 +498,7 @@ class HiddenSpaceTask(CorpusTask):
 
     def layer_metrics(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray, copies: np.ndarray) -> SeparationResult:
         """Metrics of one layer's states. ``groups``: the family's own groups (pairs; unused here);
-        ``copies``: :func:`~safespace_tasks.metrics.text_groups` of the texts, so exact copies of a
+        ``copies``: :func:`~safespace_tasks.stats.validation.text_groups` of the texts, so exact copies of a
         text never sit on both sides of a probe split, a bootstrap draw or a permutation."""
         s = self.settings
         return separation_metrics(

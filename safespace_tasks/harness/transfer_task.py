@@ -4,7 +4,7 @@ lm-eval's group aggregation is a (weighted) mean of the languages' numbers, so a
 several languages' states at once lives in one task: this one holds the texts of every source and
 target language (each doc tagged with its ``language``), emits the same hidden-state request per
 text as the toxicity tasks (same options, so a shared ``state_cache`` serves both), and in its
-aggregation calls :func:`safespace_tasks.transfer.transfer_matrix` on the pooled states.
+aggregation calls :func:`safespace_tasks.stats.transfer.transfer_matrix` on the pooled states.
 
 Results JSON (numbers only), per source ``s``, target ``t`` (and layer, ``_layer<i>`` as in the
 toxicity family): ``transfer_auroc_<s>_<t>``, ``transfer_direction_auroc_<s>_<t>``,
@@ -31,14 +31,14 @@ import numpy as np
 from safespace_tasks.data import TOXICITY
 from safespace_tasks.harness.corpus import Analysis, Item, SettingsError, setting
 from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings
-from safespace_tasks.metrics import SeparationInputError
-from safespace_tasks.transfer import transfer_matrix
+from safespace_tasks.stats.validation import SeparationInputError
+from safespace_tasks.stats.transfer import transfer_matrix
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TransferSettings", "TransferTask", "QUANTITY_METRICS"]
 
-# quantity of safespace_tasks.transfer -> metric name prefix in the results JSON
+# quantity of safespace_tasks.stats.transfer -> metric name prefix in the results JSON
 QUANTITY_METRICS = {
     "transfer_auroc": "transfer_auroc",
     "direction_auroc": "transfer_direction_auroc",

@@ -14,7 +14,7 @@ per (set, half) of this process; every :class:`~safespace_tasks.harness.corpus.I
 process refers to that one accumulator, so data-parallel ranks ship merged statistics (one copy per
 rank) instead of one per doc, and the aggregation merges the ranks' accumulators.
 
-The analysis (:func:`safespace_tasks.units.analyse` and friends): class shares (parameter and unit
+The analysis (:func:`safespace_tasks.stats.units.analyse` and friends): class shares (parameter and unit
 shares, per module type; per layer beside the results), the safety-specialisation profile, the SCU
 set of each MultiJail language against the same utility set, the language x language Jaccard of
 those sets with the Jaccard expected of random sets of the same sizes, and the split-half overlap
@@ -40,8 +40,8 @@ from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
 from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
 from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
-from safespace_tasks.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
-from safespace_tasks.units import (
+from safespace_tasks.stats.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
+from safespace_tasks.stats.units import (
     ClassSettings,
     UnitLayout,
     UnitsError,
@@ -83,9 +83,9 @@ class UnitsSettings(TaskSettings):
         ``--output_path``).
     token_weighting: ``token`` (variances pool over all scored tokens, so a long request weighs
         more) or ``request`` (each request weighs the same: its mean and within-request variance
-        combined with equal weights, :func:`safespace_tasks.unit_nulls.equal_weight`).
+        combined with equal weights, :func:`safespace_tasks.stats.unit_nulls.equal_weight`).
     null_groups: each set's docs are dealt into this many groups (even; nested in the halves) whose
-        statistics the overlap null re-deals (:mod:`safespace_tasks.unit_nulls`).
+        statistics the overlap null re-deals (:mod:`safespace_tasks.stats.unit_nulls`).
     null_permutations: re-deals per pair for the null (0: no null); a paired pair of MultiJail
         languages with 2^(null_groups-1) <= this number is enumerated exhaustively.
     seed: draws the samples, the split halves and the groups. Also: strict, data_dir.
@@ -414,7 +414,7 @@ class SafetyUnitsTask(CorpusTask):
 
     def _nulls(self, groups: dict[tuple[str, int], UnitStatistics], z_u: np.ndarray, layout: UnitLayout,
                cs: ClassSettings, langs: list[str], half_stats, values: dict[str, float]) -> dict[str, Any]:
-        """The shared-utility nulls (:mod:`safespace_tasks.unit_nulls`) of every language pair and of
+        """The shared-utility nulls (:mod:`safespace_tasks.stats.unit_nulls`) of every language pair and of
         the safety set against each language, and the split halves with their own utility halves.
         Fills ``values`` (``jaccard_null_*``, ``jaccard_p_*``, ``split_half_own_utility_*``); returns
         the details for the summary. Pairs are named in MultiJail's order, whatever the setting's."""

@@ -6,7 +6,7 @@ report adds is computed here and says how:
 - the *gain* of an aligned model over its base, per language: ``aligned - base`` of the results
   JSON values, with an interval from a **paired bootstrap** over the texts when both runs saved
   their states for the same texts (one resample of texts scores both models, see
-  :func:`safespace_tasks.metrics.paired_bootstrap_difference`), else from the two runs' own
+  :func:`safespace_tasks.stats.paired.paired_bootstrap_difference`), else from the two runs' own
   standard errors taken as **independent** (``sqrt(se_a^2 + se_b^2)``: right for independent samples
   of texts, conservative for two runs on the same texts, which a note then says);
 - the mean over languages (the results JSON's group row when it covers exactly these languages,
@@ -57,10 +57,11 @@ SAME_TEXTS_NOTE = (
 
 
 def metric_range(metric: str) -> tuple[float, float]:
-    """Natural range of a metric's value (the separation metrics'; unbounded for the others)."""
-    from safespace_tasks.metrics import METRIC_RANGE
-
-    return METRIC_RANGE.get(mt.base_name(split_metric(metric)[0]), (-math.inf, math.inf))
+    """Natural range of a metric's value (its metric-table row's ``range``; unbounded for a name the table lacks)."""
+    try:
+        return mt.spec(split_metric(metric)[0]).range
+    except mt.UnknownMetricError:
+        return (-math.inf, math.inf)
 
 
 def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
@@ -611,7 +612,7 @@ def _states_column(task: TaskResult, bundle, metric: str) -> int | None:
 def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    from safespace_tasks.metrics import SeparationInputError
+    from safespace_tasks.stats.validation import SeparationInputError
 
     jobs = []
     for pair in comp.pairs:
@@ -690,7 +691,8 @@ def _compute_gains(comp: Comparison, *, n_boot: int | None, progress: bool) -> N
 
 def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None, ci_level: float = 0.95):
     """Paired bootstrap of b - a from the saved states; (result, None) or (None, why not)."""
-    from safespace_tasks.metrics import paired_bootstrap_difference, paired_shift_difference
+    from safespace_tasks.stats.paired import paired_bootstrap_difference
+    from safespace_tasks.stats.pairs import paired_shift_difference
 
     sa, sb = a.load_states(), b.load_states()
     assert sa is not None and sb is not None
@@ -717,7 +719,7 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
     Xa, Xb = sa.states[:, ca], sb.states[:, cb]
     res = paired_bootstrap_difference(
         Xa, Xb, sa.labels, k=int(settings.get("pca_components", 10)), n_boot=boots, seed=seed, ci_level=ci_level,
-        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe="probe_auroc" in metrics,
+        groups=_metric_groups(sa, grouped), ridge=settings.get("ridge"), probe=any(_cross_fitted(m) for m in metrics),
         probe_folds=folds, probe_refits=int(settings.get("probe_refits") or 0),
     )
     if grouped and set(PAIR_METRICS) & set(metrics):
@@ -735,6 +737,15 @@ def _paired(a: TaskResult, b: TaskResult, metrics: list[str], n_boot: int | None
                 return None, (f"the saved states of {task.task} give {metric} = {value:.6g}, not the reported "
                               f"{reported:.6g}")
     return res, None
+
+
+def _cross_fitted(metric: str) -> bool:
+    """Whether the metric table declares ``metric`` a cross-fitted separation metric (the probe)."""
+    try:
+        kernel = mt.spec(metric).kernel
+    except mt.UnknownMetricError:
+        return False
+    return kernel is not None and kernel.cross_fitted
 
 
 def _metric_groups(states, grouped: bool):

@@ -243,7 +243,7 @@ def plot_pca_grid(comp: Comparison, family: str, path: Path, *, max_points: int 
     """
     from tqdm.auto import tqdm
 
-    from safespace_tasks.metrics import pca_project
+    from safespace_tasks.stats.pca import pca_project
 
     labels = comp.runs_with(family)
     langs = comp.languages[family]
@@ -309,7 +309,11 @@ def plot_pca_grid(comp: Comparison, family: str, path: Path, *, max_points: int 
 
 
 def _short(metric: str) -> str:
-    return {"bcv_ratio": "BCV", "bhattacharyya": "D_B", "silhouette": "sil.", "probe_auroc": "AUROC"}.get(metric, metric)
+    """The metric's short label (its table row's ``short``; the name when it has none)."""
+    try:
+        return mt.spec(metric).short or metric
+    except mt.UnknownMetricError:
+        return metric
 
 
 def _subsample(y: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:

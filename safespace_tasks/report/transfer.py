@@ -1,7 +1,7 @@
 """Report of a cross-lingual transfer run: tables (Markdown) and a heat map (PNG).
 
-Input is the plain form of :meth:`safespace_tasks.transfer.TransferMatrix.to_dict` (a dict, a
-:class:`~safespace_tasks.transfer.TransferMatrix`, or the path of a JSON file holding that dict)::
+Input is the plain form of :meth:`safespace_tasks.stats.transfer.TransferMatrix.to_dict` (a dict, a
+:class:`~safespace_tasks.stats.transfer.TransferMatrix`, or the path of a JSON file holding that dict)::
 
     {"kind": "safespace_transfer", "ci_level": 0.95, "layers": [30], "sources": ["en"],
      "targets": ["en", "de", ...],
@@ -168,7 +168,7 @@ def transfer_gain(base: Any, aligned: Any, *, source: str = "en", layer: Any = N
     AUROC, for one source and layer. The two runs must hold the same targets with the same numbers
     of texts (the same texts, measured on two models); otherwise the gain would compare different
     samples, and this raises. The two runs' own intervals do not give one for the gain; pass
-    ``paired`` (the dict of :func:`safespace_tasks.transfer.paired_gain_dict`, computed from both
+    ``paired`` (the dict of :func:`safespace_tasks.stats.transfer.paired_gain_dict`, computed from both
     models' states) and the rows carry its paired intervals as ``gain_ci`` and ``own_gain_ci``.
     """
     if paired is not None and paired.get("kind") != "safespace_transfer_gain":

@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "bootstrap_weights",
+    "stratified_bootstrap_weights",
     "permuted_labels",
     "weighted_auroc",
     "weighted_means",
@@ -78,6 +79,19 @@ def bootstrap_weights(
     return W
 
 
+def stratified_bootstrap_weights(y: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Replicate weights (n x n_boot): how many times each text is drawn in each resample.
+
+    Texts are drawn with replacement within their class, so every resample keeps the class sizes.
+    With ``groups`` whole groups are drawn instead (texts of a group move together: a pair, or
+    copies of one text), stratified by the group's first label. See
+    :func:`bootstrap_weights`.
+    """
+    y = np.asarray(y)
+    return bootstrap_weights(y.shape[0], n_boot, seed, strata=y, groups=groups)
+
+
+
 def permuted_labels(y: np.ndarray, n_perm: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Label permutations (n x n_perm) that keep the class sizes and respect ``groups``.
 
@@ -124,14 +138,36 @@ def weighted_means(values: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def weighted_auroc(scores: np.ndarray, labels: np.ndarray, W: np.ndarray) -> np.ndarray:
-    r"""AUROC of ``scores`` (higher = label 1) for 0/1 ``labels`` under each column of item
-    weights ``W`` (n x B): the weighted Mann-Whitney statistic, ties counting one half, as
-    ``roc_auc_score(labels, scores, sample_weight=W[:, b])``. One sort for all replicates.
+    r"""AUROC of scores under each column of item weights: the weighted Mann-Whitney statistic.
+
+    Ties count one half, as ``roc_auc_score(labels, scores, sample_weight=W[:, b])``; one sort
+    serves all replicates.
 
     .. math::
         \mathrm{AUC}_b = \frac{\sum_{i: y_i = 1} w_{ib} (N_{<s_i,b} + \tfrac12 N_{=s_i,b})}{P_b N_b}
 
     with N_<s,b / N_=s,b the negative weight below / tied with s, P_b and N_b the class totals.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n,)
+        Decision scores; higher means label 1.
+    labels : ndarray of shape (n,)
+        Labels 0/1.
+    W : ndarray of shape (n, B)
+        Item weights per replicate (bootstrap draw counts; a column of ones is the plain AUROC).
+
+    Returns
+    -------
+    auroc : ndarray of shape (B,)
+        The weighted AUROC of each column; NaN where a column gives a class no weight.
+
+    References
+    ----------
+    .. [1] Mann, H. B. & Whitney, D. R. (1947). On a test of whether one of two random variables is
+       stochastically larger than the other. *Ann. Math. Statist.*, 18(1), 50-60.
+    .. [2] Hanley, J. A. & McNeil, B. J. (1982). The meaning and use of the area under a receiver
+       operating characteristic (ROC) curve. *Radiology*, 143(1), 29-36.
     """
     scores = np.asarray(scores)
     labels = np.asarray(labels)

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safespace_tasks import resampling
+from safespace_tasks.stats import resampling
 
 __all__ = [
     "BehaviourInputError",
@@ -138,7 +138,7 @@ def bootstrap_weights(n: int, n_boot: int, seed: int, strata: np.ndarray | None 
 
     Items are drawn with replacement within their stratum (all items form one stratum when
     ``strata`` is None), so every replicate keeps the stratum sizes. See
-    :func:`safespace_tasks.resampling.bootstrap_weights`.
+    :func:`safespace_tasks.stats.resampling.bootstrap_weights`.
     """
     return resampling.bootstrap_weights(n, n_boot, seed, strata=strata)
 

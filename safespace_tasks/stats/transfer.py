@@ -8,7 +8,7 @@ For a source language with states :math:`X_s` (n_s x d) and labels :math:`y_s`, 
 
 * the **mean difference** :math:`\hat d_s = \hat\mu_{s,1} - \hat\mu_{s,0}` (toxic mean minus
   non-toxic mean); a target text scores :math:`x^\top \hat d_s`;
-* the **logistic probe**: the same model as :func:`safespace_tasks.metrics.probe_auroc` (standardise
+* the **logistic probe**: the same model as :func:`safespace_tasks.stats.probe.probe_auroc` (standardise
   each feature, then L2-regularised logistic regression with the same ``C`` and ``max_iter``),
   fitted on **all** source texts. The standardisation is part of the probe: the target is scaled
   with the *source's* means and deviations, so the probe is one fixed linear function
@@ -22,7 +22,7 @@ Per target the report holds (each with a bootstrap interval):
 ``direction_auroc``
     AUROC of the mean-difference scores :math:`x^\top \hat d_s` on the target.
 ``own_auroc``
-    the target's own cross-validated probe AUROC (:func:`~safespace_tasks.metrics.probe_auroc`).
+    the target's own cross-validated probe AUROC (:func:`~safespace_tasks.stats.probe.probe_auroc`).
 ``ratio``
     ``transfer_auroc / own_auroc``; 1 means the source direction separates the target as well as
     the target's own probe does. Because chance is 0.5, not 0, a probe that transfers nothing still
@@ -44,12 +44,12 @@ and with the source's population direction :math:`w = \mu_s`,
 :math:`\cos(\mu_s, \mu_t)`.
 
 Intervals (percentile bootstrap, ``n_boot`` replicates, stratified by class; with ``groups``, texts
-of a group are drawn together, as in :func:`~safespace_tasks.metrics.stratified_bootstrap_weights`):
+of a group are drawn together, as in :func:`~safespace_tasks.stats.resampling.stratified_bootstrap_weights`):
 
 * the three AUROCs and the ratios resample the **target's** texts, with the source's probe and
   direction held fixed (fitted once on all source texts): they measure how precisely the target's
   sample pins down the AUROC of that fitted direction. The own AUROC reweights the target probe's
-  out-of-fold scores (folds are not refitted), as :func:`~safespace_tasks.metrics.separation_metrics`
+  out-of-fold scores (folds are not refitted), as :func:`~safespace_tasks.stats.separation.separation_metrics`
   does; the four replicates of a target share one set of resamples, so the ratio's interval is paired.
 * the cosine has **no interval** (stderr and interval NaN; the task reports no stderr for it). The
   cosine of two estimated mean differences is biased toward 0: each squared norm carries
@@ -81,19 +81,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from safespace_tasks.metrics import (
-    SeparationInputError,
-    probe_auroc,
-    stratified_bootstrap_weights,
-    validate_states,
-)
-from safespace_tasks.resampling import weighted_auroc
+from safespace_tasks.stats.probe import make_probe, probe_auroc
+from safespace_tasks.stats.resampling import stratified_bootstrap_weights, weighted_auroc
+from safespace_tasks.stats.validation import SeparationInputError, validate_states
 
 __all__ = [
     "QUANTITIES",
@@ -172,11 +165,11 @@ def mean_difference(X: np.ndarray, y: np.ndarray, weights: np.ndarray | None = N
 
 
 def fit_source_probe(X: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000) -> LinearScore:
-    """The probe of :func:`~safespace_tasks.metrics.probe_auroc` (standardise, then logistic
+    """The probe of :func:`~safespace_tasks.stats.probe.probe_auroc` (standardise, then logistic
     regression; float32, as the states are captured) fitted on all of ``(X, y)``, folded into one
     linear function of the raw states (see the module docstring for the formula)."""
     X32 = np.asarray(X).astype(np.float32, copy=False)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    model = make_probe(C=C, max_iter=max_iter)
     model.fit(X32, y)
     scaler, logit = model[0], model[-1]
     beta = logit.coef_[0].astype(np.float64)

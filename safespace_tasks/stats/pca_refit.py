@@ -20,7 +20,7 @@ top-M span (their share of variance outside it is what the sample's axes M+1... 
 one core: 200 replicates of the variance ratio and Bhattacharyya distance at 5,000 x 4,096 take
 about 18 s per model (the span's PCA included). The silhouette replicate is a full O(n^2 k) pass
 per replicate over the drawn texts (about 0.05 s at 2,000 texts); above
-``metrics.SILHOUETTE_REFIT_MAX_N`` texts the silhouette keeps the fixed basis.
+``paired.SILHOUETTE_REFIT_MAX_N`` texts the silhouette keeps the fixed basis.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def refit_span(n: int, d: int, k: int) -> int:
 
 def _span(X: np.ndarray, k: int) -> np.ndarray:
     """The states projected (centred, float64) on the top-M exact principal axes of the sample."""
-    from safespace_tasks.metrics import pca_basis
+    from safespace_tasks.stats.pca import pca_basis
 
     n, d = X.shape
     m = refit_span(n, d, k)
@@ -61,37 +61,38 @@ def _replicate_basis(Y: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
 
 def pca_refit_replicates(
     X: np.ndarray, y: np.ndarray, W: np.ndarray, k: int, *, ridge: float, metrics=("bcv_ratio", "bhattacharyya"),
-    silhouette_rows: np.ndarray | None = None, W_silhouette: np.ndarray | None = None,
+    subsample_rows: np.ndarray | None = None, W_subsample: np.ndarray | None = None,
+    contexts: dict[str, dict] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Replicates (one per column of the bootstrap counts ``W``, n x B) of the variance ratio,
-    the Bhattacharyya distance (with the fit's ``ridge``) and, when ``"silhouette"`` is in
-    ``metrics``, the silhouette (on ``silhouette_rows`` with the weights ``W_silhouette`` when the
-    silhouette is measured on a subsample), each on the resample's own PCA-k basis."""
-    from safespace_tasks.metrics import (
-        _class_weighted_bcv, _class_weighted_bhattacharyya, _class_weights, _weighted_silhouette,
-    )
+    """Replicates (one per column of the bootstrap counts ``W``, n x B) of the metric table's PCA
+    metrics named in ``metrics``, each on the resample's own PCA-k basis, computed with the row's
+    kernel (:class:`~safespace_tasks.stats.kernels.Kernel`). ``contexts`` holds each metric's
+    kernel context from its fit (default ``{"ridge": ridge}``: the Bhattacharyya distance's ridge).
+    A quadratic kernel (the silhouette) measured on a subsample is read on ``subsample_rows`` with
+    the weights ``W_subsample``."""
+    from safespace_tasks import metric_table as mt
 
     y = np.asarray(y)
     Y = _span(np.asarray(X), k)
     B = W.shape[1]
+    kernels = {m: mt.spec(m).kernel for m in metrics}
+    contexts = contexts or {}
+    ctx = {m: contexts.get(m, {"ridge": ridge, "diagnostics": {}}) for m in metrics}
     out = {m: np.full(B, np.nan) for m in metrics}
-    W0, W1 = _class_weights(y, W)
-    sil = "silhouette" in metrics
     ys, Ws = y, W
-    if sil and silhouette_rows is not None:
-        ys = y[silhouette_rows]
-        Ws = W_silhouette if W_silhouette is not None else W[silhouette_rows]
+    if subsample_rows is not None:
+        ys = y[subsample_rows]
+        Ws = W_subsample if W_subsample is not None else W[subsample_rows]
     for b in range(B):
         Z = _replicate_basis(Y, W[:, b], k)
-        if "bcv_ratio" in out:
-            out["bcv_ratio"][b] = _class_weighted_bcv(Z, W0[:, [b]], W1[:, [b]])[0]
-        if "bhattacharyya" in out:
-            with np.errstate(all="ignore"):
-                out["bhattacharyya"][b] = _class_weighted_bhattacharyya(Z, W0[:, [b]], W1[:, [b]], ridge)[0]
-        if sil:
+        for m, kern in kernels.items():
+            if not kern.quadratic:
+                with np.errstate(all="ignore"):
+                    out[m][b] = kern.replicates(Z, y, W[:, [b]], ctx[m])[0]
+                continue
             # the replicate's basis comes from the resample of all texts, as the point estimate's
-            # comes from all texts; the silhouette's subsample (when there is one) is then read off it
-            Zs = Z if silhouette_rows is None else Z[silhouette_rows]
+            # comes from all texts; the subsample (when there is one) is then read off it
+            Zs = Z if subsample_rows is None else Z[subsample_rows]
             drawn = Ws[:, b] > 0  # texts not drawn neither score nor count as neighbours
-            out["silhouette"][b] = _weighted_silhouette(Zs[drawn], ys[drawn], Ws[drawn][:, [b]])[0]
+            out[m][b] = kern.replicates(Zs[drawn], ys[drawn], Ws[drawn][:, [b]], ctx[m])[0]
     return out

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from safespace_tasks.units import (
+from safespace_tasks.stats.units import (
     SITES,
     ClassSettings,
     RunningStats,
