@@ -39,7 +39,7 @@ def units_dir(model_dir, tmp_path_factory):
 
     from safespace_tasks.capture import unit_layout
     from safespace_tasks.unit_masks import UnitMask, save_mask, save_unit_stats
-    from safespace_tasks.units import ClassSettings, RunningStats, UnitStatistics, analyse
+    from safespace_tasks.stats.units import ClassSettings, RunningStats, UnitStatistics, analyse
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     layout = unit_layout(model)
