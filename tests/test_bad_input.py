@@ -310,7 +310,7 @@ def test_results_and_details_are_strict_json_with_the_reason_of_each_null(degene
 
 
 def test_null_out_and_the_reason_of_a_family_row():
-    from safespace_tasks.harness.patches import null_value_reasons
+    from safespace_tasks.harness.outputs import null_value_reasons
     from safespace_tasks.strict_json import dumps, null_out
 
     doc = {"results": {"safespace-toxicity-en": {"bcv_ratio,none": float("nan"), "n,none": 3},

@@ -368,8 +368,7 @@ def test_request_weighting_gives_each_request_equal_weight(mirror):
             st = UnitStatistics({s: RunningStats.of(a) for s, a in acts[key].items()})
             answer = [st, {"layout": layout}] if i == 0 else [st]
             items.append(task.item_of(doc, answer))
-        task.compute(items)
-        results[weighting] = task._pending
+        results[weighting] = task.compute(items).outputs.units
     for weighting, pending in results.items():
         for name in ("safety", "utility"):
             xs = [a for (s, _), a in acts.items() if s == name]

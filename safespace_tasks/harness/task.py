@@ -33,11 +33,8 @@ from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "PENDING_STATES",
+__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem",
            "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
-
-# Task name -> states bundle of the latest aggregation, waiting to be written beside the results.
-PENDING_STATES: dict[str, StatesBundle] = {}
 
 # --------------------------------------------------------------------------- layer sweeps
 #
@@ -456,25 +453,24 @@ class HiddenSpaceTask(CorpusTask):
             "degenerate": degenerate,
             "n_degenerate_metrics": int(sum(len(v) for v in degenerate.values())),
         }
-        self._kept = (states[keep], labels[keep], ids[keep], groups[keep], np.array(layers, dtype=np.int64))
         # with copies of a text the metrics grouped differently from the saved groups: the report needs them
-        self._metric_groups = self.metric_groups(groups[keep], copies) if n_duplicate_texts else None
+        extra = {}
+        if n_duplicate_texts:
+            metric_groups = self.metric_groups(groups[keep], copies)
+            if metric_groups is not None:  # the groups separation_metrics kept whole
+                extra["metric_groups"] = [int(g) for g in metric_groups]
+        analysis.outputs.states = StatesBundle(
+            task=task, states=states[keep], labels=labels[keep], ids=ids[keep], groups=groups[keep],
+            layers=np.array(layers, dtype=np.int64), meta=extra,
+        )
         return analysis
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
-        kept = getattr(self, "_kept", None)
-        if kept is None:
+        """The states bundle gets the full details (the core's too) as its meta; saved now with ``save_states_dir``."""
+        bundle = analysis.outputs.states
+        if bundle is None:
             return
-        self._kept = None
-        states, labels, ids, groups, layers = kept
-        meta = dict(analysis.details)
-        metric_groups, self._metric_groups = getattr(self, "_metric_groups", None), None
-        if metric_groups is not None:
-            meta["metric_groups"] = [int(g) for g in metric_groups]  # the groups separation_metrics kept whole
-        bundle = StatesBundle(
-            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers, meta=meta,
-        )
-        PENDING_STATES[self.config.task] = bundle
+        bundle.meta = {**analysis.details, **bundle.meta}
         if self.settings.save_states_dir:
             path = save_states(bundle, os.path.expanduser(self.settings.save_states_dir))
             log.info("%s: saved states to %s", self.config.task, path)

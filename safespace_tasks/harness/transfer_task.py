@@ -32,6 +32,7 @@ from safespace_tasks.data import TOXICITY
 from safespace_tasks.harness.corpus import Analysis, Item, SettingsError, setting
 from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings
 from safespace_tasks.metrics import SeparationInputError
+from safespace_tasks.states import StatesBundle
 from safespace_tasks.transfer import transfer_matrix
 
 log = logging.getLogger(__name__)
@@ -183,12 +184,13 @@ class TransferTask(HiddenSpaceTask):
             "transfer_matrix": m.to_dict(),
         }
         flat = [it for lang in order for it in by_lang[lang]]
-        self._kept = (
-            np.concatenate([states[lang] for lang in order]),
-            np.concatenate([labels[lang] for lang in order]),
-            np.array([it.key for it in flat], dtype=np.int64),
-            np.array([it.group for it in flat], dtype=np.int64),
-            np.array(layers, dtype=np.int64),
+        analysis.outputs.states = StatesBundle(
+            task=self.config.task,
+            states=np.concatenate([states[lang] for lang in order]),
+            labels=np.concatenate([labels[lang] for lang in order]),
+            ids=np.array([it.key for it in flat], dtype=np.int64),
+            groups=np.array([it.group for it in flat], dtype=np.int64),
+            layers=np.array(layers, dtype=np.int64),
         )
         return analysis
 

@@ -26,7 +26,6 @@ reads them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
 from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
 from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
+from safespace_tasks.harness.outputs import save_units
 from safespace_tasks.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
 from safespace_tasks.units import (
     ClassSettings,
@@ -58,14 +58,12 @@ from safespace_tasks.units import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnitsSettings", "SafetyUnitsTask", "PENDING_UNITS", "write_pending_units", "UNIT_SETS"]
+__all__ = ["UnitsSettings", "SafetyUnitsTask", "UNIT_SETS"]
 
 SAFETY, UTILITY = "safety", "utility"
 UNIT_SETS = (SAFETY, UTILITY)
 # the smallest calibration set (Alpaca seed tasks) bounds the samples per set
 MAX_SAMPLES = 175
-# task name -> what the aggregation computed, waiting to be written beside the results JSON
-PENDING_UNITS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -408,9 +406,10 @@ class SafetyUnitsTask(CorpusTask):
         for lang in lang_labels:
             arrays[f"arrays.z_mj_{lang}"] = lang_z[lang]
             arrays[f"arrays.labels_mj_{lang}"] = lang_labels[lang]
-        self._pending = {"sets": stats_sets, "layout": layout, "arrays": arrays, "summary": summary, "answer": answer}
-        return Analysis(values=values, details={"units": {k: summary[k] for k in ("shares", "per_type", "split_half",
-                                                                                   "scu_per_language", "docs")}})
+        analysis = Analysis(values=values, details={"units": {k: summary[k] for k in ("shares", "per_type", "split_half",
+                                                                                       "scu_per_language", "docs")}})
+        analysis.outputs.units = {"sets": stats_sets, "layout": layout, "arrays": arrays, "summary": summary, "answer": answer}
+        return analysis
 
     def _nulls(self, groups: dict[tuple[str, int], UnitStatistics], z_u: np.ndarray, layout: UnitLayout,
                cs: ClassSettings, langs: list[str], half_stats, values: dict[str, float]) -> dict[str, Any]:
@@ -459,66 +458,12 @@ class SafetyUnitsTask(CorpusTask):
         return out
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending is None:
+        """The summary gets the task and its data; saved now with ``save_units_dir``."""
+        units = analysis.outputs.units
+        if units is None:
             return
-        self._pending = None
-        pending["summary"]["task"] = self.config.task
-        pending["summary"]["data"] = analysis.details.get("data")
-        PENDING_UNITS[self.config.task] = pending
+        units["summary"]["task"] = self.config.task
+        units["summary"]["data"] = analysis.details.get("data")
         if self.settings.save_units_dir:
-            paths = save_units(pending, Path(os.path.expanduser(self.settings.save_units_dir)), self.config.task, None)
+            paths = save_units(units, Path(os.path.expanduser(self.settings.save_units_dir)), self.config.task, None)
             log.info("%s: saved unit statistics to %s", self.config.task, paths[0])
-
-
-# --------------------------------------------------------------------------- files beside the results
-
-
-def units_file_stem(task: str, date_id: str | None) -> str:
-    return f"safespace_units_{task}" + (f"_{date_id}" if date_id else "")
-
-
-def save_units(pending: dict[str, Any], folder: Path, task: str, date_id: str | None,
-               model_info: dict | None = None) -> list[Path]:
-    """``<stem>.safetensors`` (merged statistics per set, layout, per-unit arrays; the format
-    ``safespace units mask`` reads) and ``<stem>.json`` (every number of the analysis)."""
-    from safespace_tasks.unit_masks import save_unit_stats
-
-    summary = dict(pending["summary"])
-    if model_info:
-        summary["model_info"] = model_info
-    s = summary["settings"]
-    meta = {
-        "model": summary.get("model"), "model_fingerprint": summary.get("model_fingerprint"),
-        "chat_template": bool(s["chat_template"] and summary["chat_template"]["tokenizer_has_one"]),
-        "data": {SAFETY: f"safety_refusals/train.jsonl, {s['n_samples']} rows (seed {s['seed']}), response tokens",
-                 UTILITY: f"alpaca_seed_tasks/seed_tasks.jsonl, {s['n_samples']} rows (seed {s['seed']}), response tokens",
-                 "multijail": f"multijail/<lang>.jsonl, {s['n_samples']} rows (seed {s['seed']}), prompt tokens"},
-        "task": task, "source": "safespace_units",
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = units_file_stem(task, date_id)
-    tensors = save_unit_stats(folder / f"{stem}.safetensors", pending["sets"], pending["layout"], meta, extra=pending["arrays"])
-    summary_path = folder / f"{stem}.json"
-    from safespace_tasks.strict_json import dumps as strict_dumps  # null, never NaN
-
-    summary_path.write_text(strict_dumps(summary, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
-    return [tensors, summary_path]
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def write_pending_units(folder: Path, date_id: str | None, task_names, model_info: dict | None = None) -> list[Path]:
-    """Write what the units tasks among ``task_names`` left pending (called beside the states)."""
-    written: list[Path] = []
-    for name in task_names:
-        pending = PENDING_UNITS.pop(name, None)
-        if pending is not None:
-            written += save_units(pending, Path(folder), name, date_id, model_info)
-    return written
