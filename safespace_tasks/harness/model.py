@@ -201,7 +201,8 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     for index, text, opts, cache_key in items:
         if cache_key is not None and cache_key in hits:
             vec, layers, n_tokens, truncated = hits[cache_key]
-            results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True)
+            results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True,
+                                         n_layers=parts.n_layers)
         else:
             misses.append((index, text, opts, cache_key))
     todo = []
@@ -251,7 +252,8 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
                 vecs = capture_pooled(self.model, ids, mask, layers, opts["pooling"], parts, self.mixed_precision_dtype)
                 fresh = []
                 for (index, toks, _, truncated, cache_key), vec in zip(chunk, vecs):
-                    results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated)
+                    results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated,
+                                                 n_layers=parts.n_layers)
                     if cache_key is not None:
                         fresh.append((cache_key, vec, layers, len(toks), truncated))
                 if fresh:  # committed per batch: a killed run resumes from here

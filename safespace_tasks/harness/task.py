@@ -25,7 +25,7 @@ from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
-from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
+from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_names, resolve_spec, unsuffixed_position
 from safespace_tasks.metrics import (
     METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
 )
@@ -42,12 +42,11 @@ __all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem",
 # ``pooled_hidden_states`` request. ``all`` and ranges need the model's depth, which only the model
 # side knows: such a task emits ``pooled_hidden_states_layers`` requests instead, whose method (on
 # every lm-eval model class, installed below) resolves the setting against the model's number of
-# decoder blocks and hands plain indices to ``pooled_hidden_states``. The response's
-# ``HiddenState.layers`` then tells the task which indices it got.
+# decoder blocks and hands plain indices to ``pooled_hidden_states``. Every response carries the
+# indices it holds (``HiddenState.layers``) and the model's depth (``HiddenState.n_layers``), from
+# which the task names its metrics (:func:`safespace_tasks.layer_spec.resolve_names`).
 
 SWEEP_REQUEST_TYPE = "pooled_hidden_states_layers"
-# task name -> number of decoder blocks of the model that answered its sweep requests (this process)
-SWEEP_DEPTH: dict[str, int] = {}
 
 
 def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> list[HiddenState]:
@@ -76,7 +75,6 @@ def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> l
         spec = tuple(options["layers"])
         if spec not in resolved:
             resolved[spec] = resolve_spec(spec, n_layers)[0]
-        SWEEP_DEPTH[req.task_name] = n_layers
         plain.append(replace(req, arguments=(text, {**options, "layers": resolved[spec]})))
     return self.pooled_hidden_states(plain, disable_tqdm=disable_tqdm)
 
@@ -280,9 +278,9 @@ class HiddenSpaceTask(CorpusTask):
             out += [m + p for m in per_layer if mt.has_peak(m) for p in mt.PEAK_SUFFIXES]
         return out + [m for m in names if not mt.spec(m).per_layer]
 
-    def adopt_layers(self, layers) -> None:
-        """Take the indices the model returned (a sweep's metric names are known only now)."""
-        layers = tuple(int(x) for x in layers)
+    def adopt_layers(self, state: HiddenState) -> None:
+        """Take the indices and the model depth a response carries (a sweep's metric names are known only now)."""
+        layers = tuple(int(x) for x in state.layers)
         if self._resolved is not None:
             if self._resolved[0] != layers:
                 raise ValueError(
@@ -291,40 +289,25 @@ class HiddenSpaceTask(CorpusTask):
                 )
             return
         spec = self.settings.layers
-        if self.settings.plain_layers:
-            # indices as written: the names are known already; the depth only where an index counts from the end
-            depth = None
-            for item, idx in zip(spec, layers):
-                if item < 0 <= idx:
-                    depth = idx - item - 1
-            # the deepest index read gets the plain names (the written form could not always tell)
-            self._resolved = (layers, plain_suffixes(spec, unsuffixed_position(layers, absolute=True)), depth)
-            self._add_metric_names()
-            return
-        depth = SWEEP_DEPTH.get(self.config.task)
-        exact = depth is not None
-        if depth is None:  # responses from a cache: find the depth the indices fit (exact when only one does)
-            for n in range(max(max(layers), 1), max(layers) + 4097):
-                try:
-                    if resolve_spec(spec, n)[0] == layers:
-                        depth = n
-                        break
-                except ValueError:
-                    continue
-            if depth is None:
-                raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}, which the setting "
-                                 f"layers={list(spec)} does not name.")
-            try:
-                exact = resolve_spec(spec, depth + 1)[0] != layers
-            except ValueError:
-                exact = True
-        indices, labels = resolve_spec(spec, depth)
-        if indices != layers:
-            raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
-                             f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
-        # the deepest index read (the final layer for 'all' and open ranges) gets the plain names
-        suffixes = plain_suffixes(labels, unsuffixed_position(indices, absolute=True))
-        self._resolved = (layers, suffixes, depth if exact else None)
+        plain = self.settings.plain_layers
+        depth = state.n_layers
+        if depth is not None:
+            indices, suffixes = resolve_names(spec, depth)
+            if indices != layers:
+                raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
+                                 f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
+        elif plain:  # a response kept by an older lm-eval --use_cache database: the indices as written
+            suffixes = plain_suffixes(spec, unsuffixed_position(layers, absolute=True))
+            depth = next((idx - item - 1 for item, idx in zip(spec, layers) if item < 0), None)
+        else:
+            raise ValueError(
+                f"{self.config.task}: the responses carry no model depth, which the setting layers={list(spec)} needs; "
+                "they come from an lm-eval --use_cache database written by an earlier safespace-tasks. Give this run "
+                "another --use_cache path."
+            )
+        if plain and not any(item < 0 for item in spec):
+            depth = None  # indices that do not count from the end name no final layer (no <m>_final claimed)
+        self._resolved = (layers, suffixes, depth)
         self._add_metric_names()
 
     def _add_metric_names(self) -> None:
@@ -344,7 +327,7 @@ class HiddenSpaceTask(CorpusTask):
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
         if results and isinstance(results[0], HiddenState):
-            self.adopt_layers(results[0].layers)
+            self.adopt_layers(results[0])
         return super().process_results(doc, results)
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs) -> Instance:
@@ -378,7 +361,7 @@ class HiddenSpaceTask(CorpusTask):
         if not items:
             raise SeparationInputError("no text reached the aggregation (the model returned no state)")
         layers = items[0].response.layers
-        self.adopt_layers(layers)
+        self.adopt_layers(items[0].response)
         states = np.stack([it.response.vectors for it in items]).astype(np.float32)
         labels = np.array([it.label for it in items], dtype=np.int64)
         ids = np.array([it.key for it in items], dtype=np.int64)

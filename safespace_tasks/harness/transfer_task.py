@@ -142,7 +142,7 @@ class TransferTask(HiddenSpaceTask):
         if not items:
             raise SeparationInputError("no text reached the aggregation (the model returned no state)")
         layers = [int(x) for x in items[0].response.layers]
-        self.adopt_layers(layers)
+        self.adopt_layers(items[0].response)
         suffixes = self.layer_suffixes()
         by_lang: dict[str, list[Item]] = {lang: [] for lang in self.languages()}
         for it in items:
