@@ -33,7 +33,7 @@ class PreflightError(ValueError):
 
 
 def validate_settings(tasks, metadata) -> None:
-    """Run :func:`safespace_tasks.harness.corpus.validate_metadata` on the safespace tasks among ``tasks``
+    """Run :func:`safespace_tasks.harness.core.validate_metadata` on the safespace tasks among ``tasks``
     and the user's ``--metadata``.
 
     A no-op when there is no safespace task; a ``ValueError`` from the validator becomes a
@@ -42,10 +42,10 @@ def validate_settings(tasks, metadata) -> None:
     names = [t for t in _task_names(tasks) if t.startswith("safespace")]
     if not names:
         return
-    from safespace_tasks.harness import corpus
+    from safespace_tasks.harness import core
 
     try:
-        corpus.validate_metadata(names, dict(metadata or {}))
+        core.validate_metadata(names, dict(metadata or {}))
     except ValueError as err:
         raise PreflightError(str(err)) from err
 

@@ -145,7 +145,7 @@ def selected_tasks(task_names: Iterable[str]) -> dict[str, tuple[str, str]]:
 def _settings(family: str, metadata: dict[str, Any]):
     from dataclasses import fields
 
-    from safespace_tasks.harness.corpus import settings_for
+    from safespace_tasks.harness.core import settings_for
 
     cls = settings_for(family)
     own = {f.name for f in fields(cls)}

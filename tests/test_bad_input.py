@@ -143,8 +143,8 @@ def test_one_pair_repeated_gives_no_paired_shift_of_rounding_errors(degenerate_r
     ({"n_permutaions": 10}, ["did you mean n_permutations"]),
 ])
 def test_the_null_floor_settings_are_checked_like_every_other(meta, words):
-    from safespace_tasks.harness.corpus import SettingsError
-    from safespace_tasks.harness.task import SeparationSettings
+    from safespace_tasks.harness.core import SettingsError
+    from safespace_tasks.harness.families.toxicity import SeparationSettings
 
     assert SeparationSettings.from_metadata({}).n_permutations == 100
     with pytest.raises(SettingsError) as err:

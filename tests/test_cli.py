@@ -104,9 +104,9 @@ def harness_cli(monkeypatch):
 
 def _fake_validator(monkeypatch, fn):
     """Plant ``fn`` as the harness's ``validate_metadata`` (the function the CLI calls)."""
-    from safespace_tasks.harness import corpus
+    from safespace_tasks.harness import core
 
-    monkeypatch.setattr(corpus, "validate_metadata", fn)
+    monkeypatch.setattr(core, "validate_metadata", fn)
 
 
 def test_the_validator_sees_the_safespace_tasks_and_metadata_before_lm_eval_runs(monkeypatch, harness_cli, tmp_path):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.harness.corpus import SettingsError, validate_metadata
-from safespace_tasks.harness.task import SeparationSettings, peak_summary
-from safespace_tasks.harness.transfer_task import TransferSettings
+from safespace_tasks.harness.core import SettingsError, validate_metadata
+from safespace_tasks.harness.families.toxicity import SeparationSettings, peak_summary
+from safespace_tasks.harness.families.transfer import TransferSettings
 from safespace_tasks.layer_spec import LayerSpecError, normalize_spec, resolve_spec
 from safespace_tasks.states import load_states
 from safespace_tasks.transfer import transfer_matrix

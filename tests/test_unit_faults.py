@@ -93,8 +93,8 @@ def test_pair_metrics_follow_multijail_order_whatever_order_the_languages_are_gi
     from lm_eval.tasks._yaml_loader import load_yaml
 
     from safespace_tasks import task_dir
-    from safespace_tasks.harness.corpus import Item
-    from safespace_tasks.harness.units_task import _RankStats
+    from safespace_tasks.harness.core import Item
+    from safespace_tasks.harness.families.units import _RankStats
     from safespace_tasks.units import ClassSettings, analyse, classify, merge_all, unit_scores
 
     meta = {"data_dir": str(mirror), "n_samples": 4, "languages": "th,zh,en", "scu": 0.2, "ru": 0.1, "ucu": 0.1}

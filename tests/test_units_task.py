@@ -153,7 +153,7 @@ def test_files_beside_the_results_feed_mask_and_prune(units_run, tiny_model_long
 
 
 def test_settings_are_checked_before_the_model_runs():
-    from safespace_tasks.harness.corpus import SettingsError, validate_metadata
+    from safespace_tasks.harness.core import SettingsError, validate_metadata
 
     validate_metadata("safespace_units", {"n_samples": 64, "languages": "en,th", "chat_template": False})
     with pytest.raises(SettingsError, match="exceed 1"):
@@ -228,7 +228,7 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
     import pickle
 
     from safespace_tasks import task_manager
-    from safespace_tasks.harness.units_task import _RankStats
+    from safespace_tasks.harness.families.units import _RankStats
     from safespace_tasks.units import UnitsError
 
     meta = {"data_dir": str(mirror), "n_samples": 2, "languages": "en"}
@@ -246,7 +246,7 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
         items.append((i % 2, doc))
     ranks[0].layout = whole.layout = {"layout": None}
     shipped = pickle.loads(pickle.dumps(ranks))
-    from safespace_tasks.harness.corpus import Item
+    from safespace_tasks.harness.core import Item
 
     gathered = [Item(d["id"], response=shipped[r], language=d["language"]) for r, d in items]
     merged, _ = task._merged(gathered)
@@ -340,7 +340,7 @@ def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tin
 def test_request_weighting_gives_each_request_equal_weight(mirror):
     """``token_weighting: request``: the classes come from equal-weight moments, computed here with numpy
     from the same per-request token activations (no model: statistics fed to the task directly)."""
-    from safespace_tasks.harness.units_task import SafetyUnitsTask
+    from safespace_tasks.harness.families.units import SafetyUnitsTask
     from safespace_tasks.units import UnitLayout
 
     import dataclasses

@@ -1,7 +1,7 @@
 """What the tasks leave for the files beside the results JSON: one registry, flushed once.
 
 A task's analysis carries its outputs (:class:`TaskOutputs`: the pooled states, the unit
-statistics, the details) on the :class:`~safespace_tasks.harness.corpus.Analysis` it returns; the
+statistics, the details) on the :class:`~safespace_tasks.harness.core.Analysis` it returns; the
 task core posts them here (:func:`post`) once per new analysis, under the task's name. The results
 writer patch (:mod:`safespace_tasks.harness.patches`, patch 2) calls :func:`flush` once lm-eval has
 chosen where the results JSON goes: it takes the outputs of the run's tasks out of the registry and

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from safespace_tasks.data import TOXICITY
-from safespace_tasks.harness.corpus import Analysis, Item, SettingsError, setting
-from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings
+from safespace_tasks.harness.core import Analysis, Item, SettingsError, setting
+from safespace_tasks.harness.families.toxicity import ToxicityTask, SeparationSettings
 from safespace_tasks.metrics import SeparationInputError
 from safespace_tasks.states import StatesBundle
 from safespace_tasks.transfer import transfer_matrix
@@ -76,7 +76,7 @@ class TransferSettings(SeparationSettings):
         return list(dict.fromkeys([*self.targets, *self.sources]))
 
 
-class TransferTask(HiddenSpaceTask):
+class TransferTask(ToxicityTask):
     """Transfer of each source language's toxic direction to every target language (one task)."""
 
     FAMILY = "transfer"

@@ -10,7 +10,7 @@ from the weights (squared outgoing-weight norms, parameter weights, the model fi
 model side computes it, the task never holds a model handle.
 
 Per-request statistics are merged as soon as ``process_results`` sees them, into one accumulator
-per (set, half) of this process; every :class:`~safespace_tasks.harness.corpus.Item` of the
+per (set, half) of this process; every :class:`~safespace_tasks.harness.core.Item` of the
 process refers to that one accumulator, so data-parallel ranks ship merged statistics (one copy per
 rank) instead of one per doc, and the aggregation merges the ranks' accumulators.
 
@@ -37,7 +37,7 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
-from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
+from safespace_tasks.harness.core import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
 from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
 from safespace_tasks.harness.outputs import save_units
 from safespace_tasks.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
@@ -157,7 +157,7 @@ def _halves(n: int, seed: int) -> np.ndarray:
 class SafetyUnitsTask(CorpusTask):
     """Safety, utility and MultiJail sets of one model in one task (see the module docstring).
 
-    YAML: ``class: !function safespace_tasks.harness.units_task.SafetyUnitsTask``, ``test_split``
+    YAML: ``class: !function safespace_tasks.harness.families.units.SafetyUnitsTask``, ``test_split``
     (any name; the sets are the task's languages) and the settings in ``metadata``
     (:class:`UnitsSettings`).
     """

@@ -1,11 +1,11 @@
 """lm-eval task class for hidden-space separation: one task per language, a corpus metric per task.
 
 Each doc is one text. The task emits one ``pooled_hidden_states`` request per doc (the harness
-batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.corpus.Item`
+batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.core.Item`
 (its ``str`` is short, so ``--log_samples`` stays small), and the aggregations, which lm-eval hands
 every item of the task at once, compute the separation metrics of the whole language with
 :func:`safespace_tasks.metrics.separation_metrics`. The metrics are computed once per task and
-shared by all metric names (:class:`~safespace_tasks.harness.corpus.CorpusTask`); the bootstrap
+shared by all metric names (:class:`~safespace_tasks.harness.core.CorpusTask`); the bootstrap
 standard error reaches the results table through :mod:`safespace_tasks.harness.patches`. The states
 themselves are kept for saving beside the results JSON.
 """
@@ -23,7 +23,7 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
-from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
+from safespace_tasks.harness.core import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
 from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_names, resolve_spec, unsuffixed_position
 from safespace_tasks.metrics import (
@@ -33,7 +33,7 @@ from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem",
+__all__ = ["SeparationSettings", "ToxicityTask", "StateItem",
            "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
 
 # --------------------------------------------------------------------------- layer sweeps
@@ -148,7 +148,7 @@ class SeparationSettings(TaskSettings):
     probe_permutations: permutations (at most ``n_permutations``) that refit the probe for its null
         (0, the default: ``probe_auroc_null`` and ``probe_auroc_p`` are not reported, no key at all).
     Also: bootstrap_iters, ci_level, seed (doc order, probe folds, bootstrap), strict, data_dir
-    (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
+    (:class:`~safespace_tasks.harness.core.TaskSettings`).
     """
 
     layers: tuple[int | str, ...] = setting((-1,), kind="layers")
@@ -201,7 +201,7 @@ class SeparationSettings(TaskSettings):
 
         The deepest is -1 (the final layer, the paper's) when the list names it; otherwise the largest
         index when all are >= 0 (or all < 0). A list that mixes signs without -1 needs the model's depth:
-        the first entry here, corrected once the model answers (:meth:`HiddenSpaceTask.adopt_layers`).
+        the first entry here, corrected once the model answers (:meth:`ToxicityTask.adopt_layers`).
         """
         if not self.plain_layers:
             return [""]
@@ -235,10 +235,10 @@ class StateItem(Item):
     __str__ = __repr__
 
 
-class HiddenSpaceTask(CorpusTask):
+class ToxicityTask(CorpusTask):
     """A language's hidden-space separation of toxic vs non-toxic texts.
 
-    YAML (see ``task_configs/``): ``class: !function safespace_tasks.harness.task.HiddenSpaceTask``,
+    YAML (see ``task_configs/``): ``class: !function safespace_tasks.harness.families.toxicity.ToxicityTask``,
     ``dataset_path`` (the Hub id), ``test_split`` (the language), ``doc_to_text``, and settings in
     ``metadata`` (:class:`SeparationSettings`).
     """

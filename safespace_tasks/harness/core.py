@@ -581,14 +581,15 @@ def _family_settings() -> dict[str, type[TaskSettings]]:
     The family modules subclass :class:`CorpusTask` (importing one registers its families), so they are
     imported here, when first asked, never at the top of this module.
     """
-    from safespace_tasks.harness import (  # noqa: F401 - each import registers its families
+    from safespace_tasks.harness.families import (  # noqa: F401 - each import registers its families
         behaviour,
-        direction_task,
-        pairs,
-        refusal_task,
-        task,
-        transfer_task,
-        units_task,
+        detoxpref,
+        direction,
+        paradetox,
+        refusal,
+        toxicity,
+        transfer,
+        units,
     )
 
     return {fam: cls.SETTINGS for fam, cls in CorpusTask._registry.items()}
