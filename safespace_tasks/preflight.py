@@ -111,7 +111,7 @@ def _read_generated(path: Path) -> dict[str, Any]:
 
 def _catalogue() -> tuple[dict[str, tuple[str, str]], dict[str, list[str]]]:
     """Our tasks (name -> (family, test split)) and groups (name -> its task list), read from task_configs/."""
-    from safespace_tasks.plugin import task_dir
+    from safespace_tasks import task_dir
 
     tasks: dict[str, tuple[str, str]] = {}
     groups: dict[str, list[str]] = {}

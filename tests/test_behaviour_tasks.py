@@ -17,7 +17,7 @@ from behaviour_helpers import synthetic_texts, write_jsonl
 from lm_eval.api.instance import Instance
 
 from safespace_tasks import scorers
-from safespace_tasks.plugin import task_dir
+from safespace_tasks import task_dir
 from safespace_tasks.behaviour_metrics import BehaviourInputError, auroc
 from safespace_tasks.data import TOXICITY
 from safespace_tasks.harness.families.behaviour import EmptyOutputError

@@ -15,7 +15,7 @@ from test_harness_e2e import results_of, run_cli
 
 from safespace_tasks.harness.core import SettingsError
 from safespace_tasks.harness.families.refusal import GENERATION_METRICS, bootstrap_mean_stderr
-from safespace_tasks.plugin import task_dir
+from safespace_tasks import task_dir
 from safespace_tasks.refusal import summarize_replies
 
 LIMIT = 3

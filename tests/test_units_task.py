@@ -189,7 +189,9 @@ def test_prompt_mode_with_chat_template_scores_only_the_request_tokens(tiny_mode
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    import safespace_tasks.harness  # noqa: F401
+    from safespace_tasks import install
+
+    install()
 
     lm = HFLM(pretrained=str(tiny_model_long), device="cpu", dtype="float32", batch_size=2)
     req = "How do I pick a lock?"

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 from lm_eval.api.task import ConfigurableTask
 
 from safespace_tasks import data as data_mod
+from safespace_tasks import install
 from safespace_tasks import metric_table as mt
 from safespace_tasks.harness import outputs
 from safespace_tasks.harness.outputs import TaskOutputs
@@ -398,6 +399,7 @@ class CorpusTask(ConfigurableTask):
             CorpusTask._registry[cls.FAMILY] = cls
 
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
+        install()  # request types and patches, before lm-eval dispatches this task's requests (idempotent)
         cfg = dict(config or {})
         cfg.pop("class", None)
         self.settings = self.SETTINGS.from_metadata(cfg.get("metadata"), where=str(cfg.get("task") or self.FAMILY))

@@ -1,7 +1,8 @@
 """Small, guarded extensions of lm-eval 0.4.x internals: every patch this package installs.
 
-Installed by :func:`install` (on ``import safespace_tasks.harness``, so in every run that loads a
-safespace task, and before the model in ``safespace-eval`` and the Python API's ``task_manager()``):
+Patches 1-4 are installed by :func:`install`, which :func:`safespace_tasks.install` calls: when lm-eval
+builds a safespace task (so in every run that loads one), and before the model in ``safespace-eval``
+and the Python API's ``task_manager()``:
 
 1. Standard errors (``lm_eval.evaluator_utils.stderr_for_metric``). lm-eval knows only its own
    aggregations, so a corpus metric gets "N/A". Our aggregations carry a ``safespace_stderr`` (a
@@ -10,15 +11,15 @@ safespace task, and before the model in ``safespace-eval`` and the Python API's 
 2. Saved states and strict JSON (``EvaluationTracker.save_results_aggregated``). It decides where the
    results JSON goes; the wrapper flushes :mod:`safespace_tasks.harness.outputs` into the same folder,
    with the same date suffix: each task's states (``safespace_states_<task>_<date>.npz``), the unit
-   statistics and a ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions). In a run with safespace tasks it hands lm-eval's writer a copy of
-   the results in which every non-finite number is ``null`` (:mod:`safespace_tasks.strict_json`), so
+   statistics and a ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions). In a
+   run with safespace tasks it hands lm-eval's writer a copy of the results in which every non-finite number is ``null`` (:mod:`safespace_tasks.strict_json`), so
    the results JSON is strict JSON; the details file says why each one is null (``null_values``).
    This is the one place that sees the family rows: lm-eval averages the languages into the group row
    after our aggregations, and its writer uses ``json.dumps`` with NaN allowed. The table lm-eval
    prints keeps its NaN (the in-memory results are not changed).
 3. A shared ``--use_cache`` (``CachingLM.__init__``). lm-eval keys its response cache by request
    only; the wrapper stamps the database with the model's fingerprint and refuses another model (see
-   :func:`safespace_tasks.harness.model.check_response_cache`).
+   :func:`safespace_tasks.harness.requests.check_response_cache`).
 4. Missing local model paths (``HFLM.__init__``, so every backend built on it). ``pretrained=``,
    ``tokenizer=``, ``peft=`` or ``delta=`` naming a local path that does not exist stops with a
    :class:`~safespace_tasks.local_models.ModelPathError` that says so and what a Hub id looks like,
@@ -126,7 +127,7 @@ def _install_cache_guard() -> None:
 
     def __init__(self, lm, cache_db):
         original(self, lm, cache_db)
-        from safespace_tasks.harness.model import check_response_cache
+        from safespace_tasks.harness.requests import check_response_cache
 
         check_response_cache(lm)
 
@@ -162,9 +163,9 @@ def _install_model_path_check() -> None:
 
 def install_task_dir(folder: str | Path) -> None:
     """Patch 5: every ``TaskManager`` searches ``folder`` (the safespace task folder,
-    :func:`safespace_tasks.plugin.task_dir`) too, first, beside its ``include_path``.
+    :func:`safespace_tasks.task_dir`) too, first, beside its ``include_path``.
 
-    The caller passes the folder, so this module never imports back up to :mod:`safespace_tasks.plugin`.
+    The caller passes the folder, so this module never imports back up to :mod:`safespace_tasks`.
     """
     from lm_eval.tasks import TaskManager
 

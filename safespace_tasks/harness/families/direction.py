@@ -49,7 +49,7 @@ from safespace_tasks import data as data_mod
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.core import Analysis, CorpusTask, Item, setting
 from safespace_tasks.harness.families.refusal import OpeningSettings
-from safespace_tasks.harness.families.toxicity import SWEEP_REQUEST_TYPE
+from safespace_tasks.harness.requests import SWEEP_REQUEST_TYPE
 from safespace_tasks.resampling import bootstrap_weights, weighted_means
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from lm_eval.api.instance import Instance
 from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.harness.core import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
-from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
-from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_names, resolve_spec, unsuffixed_position
+from safespace_tasks.harness.requests import REQUEST_TYPE, SWEEP_REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
+from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_names, unsuffixed_position
 from safespace_tasks.metrics import (
     METRIC_NAMES, SeparationInputError, SeparationResult, combine_groups, separation_metrics, text_groups,
 )
@@ -33,61 +33,14 @@ from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "ToxicityTask", "StateItem",
-           "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
+__all__ = ["SeparationSettings", "ToxicityTask", "StateItem", "peak_summary"]
 
-# --------------------------------------------------------------------------- layer sweeps
-#
 # A ``layers`` setting of plain indices (``[-1]``, ``[0, 8, -1]``) goes to the model as it is, in a
-# ``pooled_hidden_states`` request. ``all`` and ranges need the model's depth, which only the model
-# side knows: such a task emits ``pooled_hidden_states_layers`` requests instead, whose method (on
-# every lm-eval model class, installed below) resolves the setting against the model's number of
-# decoder blocks and hands plain indices to ``pooled_hidden_states``. Every response carries the
-# indices it holds (``HiddenState.layers``) and the model's depth (``HiddenState.n_layers``), from
-# which the task names its metrics (:func:`safespace_tasks.layer_spec.resolve_names`).
-
-SWEEP_REQUEST_TYPE = "pooled_hidden_states_layers"
-
-
-def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> list[HiddenState]:
-    """``pooled_hidden_states`` for requests whose ``layers`` option is a sweep (``all``, ranges).
-
-    The option is resolved once against the model's depth (:func:`safespace_tasks.layer_spec.resolve_spec`:
-    entries in the order written, each range ascending, an index named twice read once); a setting
-    that does not fit the model (an index or bound out of range) fails here, before any forward pass.
-    """
-    from dataclasses import replace
-
-    import torch
-
-    from safespace_tasks.capture import find_decoder_parts
-
-    if not requests:
-        return []
-    model = getattr(self, "model", None)
-    if not isinstance(model, torch.nn.Module):  # a backend without hidden states: its own clear error
-        return self.pooled_hidden_states(requests, disable_tqdm=disable_tqdm)
-    n_layers = find_decoder_parts(model).n_layers
-    resolved = {}
-    plain = []
-    for req in requests:
-        text, options = req.args
-        spec = tuple(options["layers"])
-        if spec not in resolved:
-            resolved[spec] = resolve_spec(spec, n_layers)[0]
-        plain.append(replace(req, arguments=(text, {**options, "layers": resolved[spec]})))
-    return self.pooled_hidden_states(plain, disable_tqdm=disable_tqdm)
-
-
-def install_sweep_request() -> None:
-    """Give every lm-eval model class the sweep request type (idempotent)."""
-    from lm_eval.api.model import LM
-
-    if not hasattr(LM, SWEEP_REQUEST_TYPE):
-        setattr(LM, SWEEP_REQUEST_TYPE, pooled_hidden_states_layers)
-
-
-install_sweep_request()
+# ``pooled_hidden_states`` request; ``all`` and ranges go in a ``pooled_hidden_states_layers``
+# request, which the model side resolves against its depth (:mod:`safespace_tasks.harness.requests`).
+# Every response carries the indices it holds (``HiddenState.layers``) and the model's depth
+# (``HiddenState.n_layers``), from which the task names its metrics
+# (:func:`safespace_tasks.layer_spec.resolve_names`).
 
 
 def peak_summary(values: dict[str, float], metrics: list[str], layers: list[int], suffixes: list[str],

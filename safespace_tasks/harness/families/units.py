@@ -4,7 +4,7 @@ One task holds every set the analysis needs at once (lm-eval's group aggregation
 anything that compares sets lives in one task): the **safety** set (AdvBench requests with
 refusals, response tokens), the **utility** set (Alpaca seed tasks, response tokens) and MultiJail
 requests in each chosen **language** (prompt tokens; MultiJail has no responses). Each doc is a
-``unit_statistics`` request (per-unit running statistics, :mod:`safespace_tasks.harness.model`);
+``unit_statistics`` request (per-unit running statistics, :mod:`safespace_tasks.harness.requests`);
 the first doc also sends one ``unit_layout`` request, whose answer carries what the scores need
 from the weights (squared outgoing-weight norms, parameter weights, the model fingerprint): the
 model side computes it, the task never holds a model handle.
@@ -38,7 +38,7 @@ from lm_eval.api.instance import Instance
 from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
 from safespace_tasks.harness.core import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
-from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
+from safespace_tasks.harness.requests import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
 from safespace_tasks.harness.outputs import save_units
 from safespace_tasks.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
 from safespace_tasks.units import (
