@@ -16,7 +16,8 @@ from safespace_tasks.capture import HiddenState
 from safespace_tasks.data import DataError, load_docs
 from safespace_tasks.harness.families.behaviour import ContinuationSettings, ContinuationTask, DetoxTask, RecognitionTask
 from safespace_tasks.harness.core import CorpusTask, Item, SettingsError, validate_metadata
-from safespace_tasks.harness.families.paradetox import LikelihoodPreferenceTask, ParaDetoxTask
+from safespace_tasks.harness.families.detoxpref import LikelihoodPreferenceTask
+from safespace_tasks.harness.families.paradetox import ParaDetoxTask
 from safespace_tasks.harness.families.toxicity import ToxicityTask, SeparationSettings, StateItem
 
 REPO = Path(__file__).resolve().parents[1]
