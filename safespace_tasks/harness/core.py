@@ -335,7 +335,7 @@ class Analysis:
     stderr: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    outputs: TaskOutputs = field(default_factory=TaskOutputs)
+    outputs: TaskOutputs = field(default_factory=TaskOutputs, compare=False, repr=False)
 
 
 class CorpusAggregator:
