@@ -1,4 +1,6 @@
-"""lm-eval task class for hidden-space separation: one task per language, a corpus metric per task.
+"""The toxicity family: hidden-space separation of toxic vs non-toxic texts, one task per language.
+
+:class:`ToxicityTask` is also the base of the other hidden-state families (paradetox, transfer).
 
 Each doc is one text. The task emits one ``pooled_hidden_states`` request per doc (the harness
 batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.core.Item`
@@ -7,7 +9,8 @@ every item of the task at once, compute the separation metrics of the whole lang
 :func:`safespace_tasks.metrics.separation_metrics`. The metrics are computed once per task and
 shared by all metric names (:class:`~safespace_tasks.harness.core.CorpusTask`); the bootstrap
 standard error reaches the results table through :mod:`safespace_tasks.harness.patches`. The states
-themselves are kept for saving beside the results JSON.
+themselves travel on the analysis to :mod:`safespace_tasks.harness.outputs`, which writes them beside
+the results JSON.
 """
 
 from __future__ import annotations
