@@ -233,7 +233,7 @@ def all_hidden_states_forward(model, batches: Batches) -> torch.Tensor:
 
 def host_only(lm, requests, hidden_size: int):
     """Path h: the harness path of a with ``capture_pooled`` swapped for a stub that returns zeros."""
-    import safespace_tasks.harness.model as harness_model
+    import safespace_tasks.harness.requests as harness_model
 
     real = harness_model.capture_pooled
 
@@ -454,7 +454,9 @@ def measure(
     """
     from lm_eval.models.huggingface import HFLM
 
-    import safespace_tasks.harness  # noqa: F401  (installs pooled_hidden_states on HFLM)
+    from safespace_tasks import install
+
+    install()  # pooled_hidden_states on HFLM
 
     device, dtype = dev.device, next(model.parameters()).dtype
     mode = dev.mode
@@ -515,7 +517,7 @@ def measure(
         dev.sync()
     auto_batch = auto_probe_s = None
     if lm_auto is not None:
-        from safespace_tasks.harness.model import _detect_batch_size, normalize_options
+        from safespace_tasks.harness.requests import _detect_batch_size, normalize_options
         from safespace_tasks.capture import find_decoder_parts
 
         longest = token_lists[order[0]]

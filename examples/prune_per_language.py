@@ -60,7 +60,7 @@ def held_out_indices(language: str, sample_ids: set[int], limit: int, data_dir) 
 
 def units_sample_ids(units_json: dict, data_dir) -> set[int]:
     """MultiJail request ids the units run sampled (its settings: n_samples, seed; the same ids in every language)."""
-    from safespace_tasks.harness.units_task import _sample
+    from safespace_tasks.harness.families.units import _sample
 
     settings = units_json["settings"]
     rows = [r for r in multijail_rows("en", data_dir) if str(r["text"]).strip()]

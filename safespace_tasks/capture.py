@@ -31,6 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from safespace_tasks.layer_spec import LayerSpecError, absolute_indices
 from safespace_tasks.stats.units import RunningStats, UnitLayout, UnitStatistics
 
 __all__ = [
@@ -72,6 +73,9 @@ class HiddenState:
     n_tokens: int
     truncated: bool
     cached: bool = False
+    # the model's number of decoder blocks (its hidden states are 0..n_layers); None in a response
+    # that an lm-eval --use_cache database kept from a version that did not carry it
+    n_layers: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -147,21 +151,13 @@ def find_decoder_parts(model: torch.nn.Module) -> DecoderParts:
 
 
 def resolve_layers(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:
-    """Absolute hidden-state indices in [0, n_layers]; negative indices count from the end (-1 = final)."""
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise CaptureError(f"layer indices must be integers; got {layer!r}.")
-        idx = int(layer) + n_layers + 1 if layer < 0 else int(layer)
-        if not 0 <= idx <= n_layers:
-            raise CaptureError(
-                f"layer {layer} is out of range for a model with {n_layers} decoder layers: hidden-state indices "
-                f"run 0..{n_layers} (or -{n_layers + 1}..-1)."
-            )
-        out.append(idx)
-    if len(set(out)) != len(out):
-        raise CaptureError(f"layers {list(layers)} name the same hidden state twice.")
-    return tuple(out)
+    """Absolute hidden-state indices in [0, n_layers]; negative indices count from the end (-1 = final).
+
+    :func:`safespace_tasks.layer_spec.absolute_indices`, raising :class:`CaptureError`."""
+    try:
+        return absolute_indices(layers, n_layers)
+    except LayerSpecError as err:
+        raise CaptureError(str(err)) from None
 
 
 def pad_batch(

@@ -14,14 +14,13 @@ options, ``--batch_size``, the data mirror and its files, and ``layers`` against
 ``safespace`` holds the plugin's own tools, one entry per subcommand in :data:`SUBCOMMANDS`:
 ``include-path`` prints the folder to hand the stock ``lm_eval --include_path``; ``model-path``
 prepares a small real model; ``report`` compares runs; ``units`` is delegated whole to
-``safespace_tasks.units_cli`` when that module is present, ``judge-check`` to
+``safespace_tasks.units_cli``, ``export`` to ``safespace_tasks.export.cli``, ``judge-check`` to
 ``safespace_tasks.judge_check``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -33,7 +32,7 @@ class PreflightError(ValueError):
 
 
 def validate_settings(tasks, metadata) -> None:
-    """Run :func:`safespace_tasks.harness.corpus.validate_metadata` on the safespace tasks among ``tasks``
+    """Run :func:`safespace_tasks.harness.core.validate_metadata` on the safespace tasks among ``tasks``
     and the user's ``--metadata``.
 
     A no-op when there is no safespace task; a ``ValueError`` from the validator becomes a
@@ -42,10 +41,10 @@ def validate_settings(tasks, metadata) -> None:
     names = [t for t in _task_names(tasks) if t.startswith("safespace")]
     if not names:
         return
-    from safespace_tasks.harness import corpus
+    from safespace_tasks.harness import core
 
     try:
-        corpus.validate_metadata(names, dict(metadata or {}))
+        core.validate_metadata(names, dict(metadata or {}))
     except ValueError as err:
         raise PreflightError(str(err)) from err
 
@@ -115,10 +114,10 @@ def check_inputs(args: argparse.Namespace, config: dict, tasks, metadata: dict, 
 
 def eval_main(argv: Sequence[str] | None = None) -> None:
     """``safespace-eval``: lm-eval's CLI with the safespace plugin loaded and the preflight checks."""
-    import safespace_tasks.harness  # noqa: F401 - installs the request type, registers safespace-hf, patches 1-4
+    from safespace_tasks import install, task_dir
     from safespace_tasks.harness.patches import install_task_dir
-    from safespace_tasks.plugin import task_dir
 
+    install()  # the request types, safespace-hf, patches 1-4
     install_task_dir(task_dir())
     if argv is not None:
         sys.argv = [EVAL_PROG, *argv]
@@ -152,19 +151,19 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
 class Subcommand:
     """One ``safespace`` subcommand: ``add_arguments(parser)`` fills its parser, ``run(args, parser)`` returns the exit status.
 
-    With ``delegate`` set, everything after the subcommand's name goes to ``<delegate>.main(argv)`` instead
-    (the module owns its own parser); the subcommand is listed in ``safespace --help`` all the same.
+    With ``delegate`` set, everything after the subcommand's name goes to ``delegate(argv)`` instead (the
+    ``main`` of a module that owns its own parser); the subcommand is listed in ``safespace --help`` all the same.
     """
 
     help: str
     description: str | None = None
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     run: Callable[[argparse.Namespace, argparse.ArgumentParser], int] | None = None
-    delegate: str | None = None
+    delegate: Callable[[list[str]], int | None] | None = None
 
 
 def _include_path_main(args, parser) -> int:
-    from safespace_tasks.plugin import task_dir
+    from safespace_tasks import task_dir
 
     print(task_dir())
     return 0
@@ -185,22 +184,33 @@ def _model_path_main(args, parser) -> int:
     return 0
 
 
-def _delegate_main(name: str, module_name: str, argv: Sequence[str]) -> int:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name is not None and module_name.startswith(err.name):
-            print(f"safespace {name}: this installation has no {module_name}; upgrade safespace-tasks", file=sys.stderr)
-            return 2
-        raise
-    status = module.main(list(argv))
+def _delegate_main(command: Subcommand, argv: Sequence[str]) -> int:
+    status = command.delegate(list(argv))
     return 0 if status is None else int(status)
+
+
+def _units_main(argv: list[str]) -> int | None:
+    from safespace_tasks.units_cli import main as units_main
+
+    return units_main(argv)
+
+
+def _export_main(argv: list[str]) -> int | None:
+    from safespace_tasks.export.cli import main as export_main
+
+    return export_main(argv)
+
+
+def _judge_check_main(argv: list[str]) -> int | None:
+    from safespace_tasks.judge_check import main as judge_check_main
+
+    return judge_check_main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS and SUBCOMMANDS[argv[0]].delegate:
-        return _delegate_main(argv[0], SUBCOMMANDS[argv[0]].delegate, argv[1:])
+        return _delegate_main(SUBCOMMANDS[argv[0]], argv[1:])
     parser = argparse.ArgumentParser(prog="safespace", description="safespace-tasks tools")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in SUBCOMMANDS.items():
@@ -287,11 +297,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         ),
         add_arguments=_add_report_parser, run=lambda args, parser: report_main(args, parser),
     ),
-    "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate="safespace_tasks.units_cli"),
+    "units": Subcommand("safety units: per-unit scores, masks and pruned checkpoints", delegate=_units_main),
     "export": Subcommand("write finished runs as Every Eval Ever records (`safespace export eee RUN...`)",
-                         delegate="safespace_tasks.export.cli"),
+                         delegate=_export_main),
     "judge-check": Subcommand("accuracy, refusal precision and recall of the refusal judges on human-labelled replies",
-                              delegate="safespace_tasks.judge_check"),
+                              delegate=_judge_check_main),
 }
 
 

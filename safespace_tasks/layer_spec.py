@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["LayerSpecError", "ALLOWED_FORMS", "parse_layers", "layer_label", "normalize_spec", "is_plain", "resolve_spec",
-           "unsuffixed_position", "plain_suffixes"]
+           "absolute_indices", "resolve_names", "unsuffixed_position", "plain_suffixes"]
 
 ALLOWED_FORMS = (
     "'all'; an integer index such as 5 or -1 (-1 = final layer after the norm); a range 'a:b' or 'a:b:step' "
@@ -54,14 +54,22 @@ def _fail(key: str, value: Any, problem: str) -> LayerSpecError:
     return LayerSpecError(f"setting {key!r} = {value!r}: {problem}. Allowed forms: {ALLOWED_FORMS}.")
 
 
-def _index(item: int, n_layers: int, key: str, value: Any) -> int:
+def _absolute(item: int, n_layers: int) -> int | None:
+    """THE arithmetic of a hidden-state index: negative counts from the end (-1 = n_layers); None when out of range."""
     if not -(n_layers + 1) <= item <= n_layers:
+        return None
+    return item + n_layers + 1 if item < 0 else item
+
+
+def _index(item: int, n_layers: int, key: str, value: Any) -> int:
+    idx = _absolute(item, n_layers)
+    if idx is None:
         raise _fail(
             key, value,
             f"layer {item} is out of range for a model with {n_layers} decoder layers (hidden-state indices run "
             f"0..{n_layers}, or -{n_layers + 1}..-1 counting from the final layer)",
         )
-    return item + n_layers + 1 if item < 0 else item
+    return idx
 
 
 def _range(text: str, n_layers: int, key: str, value: Any) -> list[int]:
@@ -248,6 +256,38 @@ def resolve_spec(spec: Any, n_layers: int, *, key: str = "layers") -> tuple[tupl
             indices.append(idx)
             labels.append(str(item) if isinstance(item, int) else str(idx))
     return tuple(indices), tuple(labels)
+
+
+def absolute_indices(layers: Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """Plain indices (as a request carries them) as absolute hidden-state indices, in the order given.
+
+    Each must lie in ``0..n_layers`` (or ``-(n_layers + 1)..-1``) and name a different hidden state.
+    Raises :class:`LayerSpecError`.
+    """
+    out = []
+    for layer in layers:
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, (int, np.integer)):
+            raise LayerSpecError(f"layer indices must be integers; got {layer!r}.")
+        idx = _absolute(int(layer), int(n_layers))
+        if idx is None:
+            raise LayerSpecError(
+                f"layer {layer} is out of range for a model with {n_layers} decoder layers: hidden-state indices "
+                f"run 0..{n_layers} (or -{n_layers + 1}..-1)."
+            )
+        out.append(idx)
+    if len(set(out)) != len(out):
+        raise LayerSpecError(f"layers {list(layers)} name the same hidden state twice.")
+    return tuple(out)
+
+
+def resolve_names(spec: Any, n_layers: int, *, key: str = "layers") -> tuple[tuple[int, ...], list[str]]:
+    """The absolute indices a ``layers`` setting reads on a model with ``n_layers`` decoder blocks, and
+    the metric-name suffix of each: '' for the deepest index read (the final layer whenever it is
+    read), ``_layer<label>`` for the others (:func:`resolve_spec` labels). What a task reports per
+    layer comes from here, for plain indices and sweeps alike.
+    """
+    indices, labels = resolve_spec(spec, n_layers, key=key)
+    return indices, plain_suffixes(labels, unsuffixed_position(indices, absolute=True))
 
 
 def unsuffixed_position(layers, absolute: bool = False) -> int:

@@ -160,7 +160,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("acc", True, "acc", "fraction", ("recognition",)),
     MetricSpec("auroc", True, "auroc", "AUROC", ("recognition",)),
     MetricSpec("yes_rate", False, "yes rate", "fraction", ("recognition",)),
-    # refusal (safespace_tasks.refusal judges the replies; safespace_tasks.harness.refusal_task)
+    # refusal (safespace_tasks.refusal judges the replies; safespace_tasks.harness.families.refusal)
     MetricSpec("refusal_rate", True, "refusal rate", "fraction", ("refusal",),
                "share of AdvBench replies holding a refusal phrase", family_mean=False),
     MetricSpec("attack_success_rate", False, "attack success rate", "fraction", ("refusal",),
@@ -179,7 +179,7 @@ METRICS: tuple[MetricSpec, ...] = (
                "mean log P(refusal opening) - log P(compliance opening) after each request"),
     MetricSpec("refusal_margin_positive", True, "refusal margin positive", "fraction", ("refusal",),
                "share of requests whose refusal opening is the more likely one"),
-    # reasoning direction (safespace_tasks.harness.direction_task): s = d(Q, Q+compliance) - d(Q, Q+refusal)
+    # reasoning direction (safespace_tasks.harness.families.direction): s = d(Q, Q+compliance) - d(Q, Q+refusal)
     MetricSpec("direction_gap", True, "reasoning-direction gap", "cosine distance", ("direction",),
                "mean s over harmful requests minus over harmless ones, deepest layer read (s > 0: the request's "
                "state is nearer the refusal opening's than the compliance opening's)"),
@@ -261,7 +261,7 @@ for _m in METRICS:
 METRICS = tuple(_merged.values())
 
 
-# safety units (safespace_tasks.harness.units_task over safespace_tasks.stats.units): one task per model, so
+# safety units (safespace_tasks.harness.families.units over safespace_tasks.stats.units): one task per model, so
 # no family mean. MultiJail's languages in its order: the tuple of safespace_tasks.data.
 UNITS_LANGUAGES: tuple[str, ...] = MULTIJAIL_LANGUAGES
 _U = ("units",)

@@ -111,7 +111,7 @@ def _read_generated(path: Path) -> dict[str, Any]:
 
 def _catalogue() -> tuple[dict[str, tuple[str, str]], dict[str, list[str]]]:
     """Our tasks (name -> (family, test split)) and groups (name -> its task list), read from task_configs/."""
-    from safespace_tasks.plugin import task_dir
+    from safespace_tasks import task_dir
 
     tasks: dict[str, tuple[str, str]] = {}
     groups: dict[str, list[str]] = {}
@@ -145,7 +145,7 @@ def selected_tasks(task_names: Iterable[str]) -> dict[str, tuple[str, str]]:
 def _settings(family: str, metadata: dict[str, Any]):
     from dataclasses import fields
 
-    from safespace_tasks.harness.corpus import settings_for
+    from safespace_tasks.harness.core import settings_for
 
     cls = settings_for(family)
     own = {f.name for f in fields(cls)}

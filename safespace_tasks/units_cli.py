@@ -191,11 +191,12 @@ def stats_main(args) -> int:
     import numpy as np
     from lm_eval.models.huggingface import HFLM
 
-    import safespace_tasks.harness  # noqa: F401 - installs the request type
+    from safespace_tasks import install
     from safespace_tasks.capture import unit_layout
     from safespace_tasks.unit_masks import save_unit_stats, weights_fingerprint
     from safespace_tasks.stats.units import merge_all
 
+    install()  # the request type (and the model-path check) before the model loads
     t0 = time.perf_counter()
     check_stats_inputs(args)  # before the model loads
     kwargs: dict[str, Any] = {"pretrained": args.model, "device": "cpu", "dtype": args.dtype, "batch_size": args.batch_size}

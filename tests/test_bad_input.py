@@ -143,8 +143,8 @@ def test_one_pair_repeated_gives_no_paired_shift_of_rounding_errors(degenerate_r
     ({"n_permutaions": 10}, ["did you mean n_permutations"]),
 ])
 def test_the_null_floor_settings_are_checked_like_every_other(meta, words):
-    from safespace_tasks.harness.corpus import SettingsError
-    from safespace_tasks.harness.task import SeparationSettings
+    from safespace_tasks.harness.core import SettingsError
+    from safespace_tasks.harness.families.toxicity import SeparationSettings
 
     assert SeparationSettings.from_metadata({}).n_permutations == 100
     with pytest.raises(SettingsError) as err:
@@ -310,7 +310,7 @@ def test_results_and_details_are_strict_json_with_the_reason_of_each_null(degene
 
 
 def test_null_out_and_the_reason_of_a_family_row():
-    from safespace_tasks.harness.patches import null_value_reasons
+    from safespace_tasks.harness.outputs import null_value_reasons
     from safespace_tasks.strict_json import dumps, null_out
 
     doc = {"results": {"safespace-toxicity-en": {"bcv_ratio,none": float("nan"), "n,none": 3},

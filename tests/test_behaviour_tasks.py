@@ -17,10 +17,10 @@ from behaviour_helpers import synthetic_texts, write_jsonl
 from lm_eval.api.instance import Instance
 
 from safespace_tasks import scorers
-from safespace_tasks.plugin import task_dir
+from safespace_tasks import task_dir
 from safespace_tasks.stats.behaviour import BehaviourInputError, auroc
 from safespace_tasks.data import TOXICITY
-from safespace_tasks.harness.behaviour import EmptyOutputError
+from safespace_tasks.harness.families.behaviour import EmptyOutputError
 from safespace_tasks.scorers import ScorerError
 from safespace_tasks.text_measures import char_ngram_cosine, chrf
 
@@ -265,7 +265,7 @@ def test_a_scorer_that_fails_on_the_tasks_own_texts_is_flagged(build, monkeypatc
 def test_a_filter_list_that_would_replace_the_scoring_filter_is_refused(build, mirror):
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from safespace_tasks.harness.behaviour import ContinuationTask
+    from safespace_tasks.harness.families.behaviour import ContinuationTask
 
     cfg = load_yaml(task_dir() / "continuation" / "safespace-continuation-en.yaml", resolve_func=True)
     cfg["metadata"] = {**cfg["metadata"], "data_dir": str(mirror)}

@@ -14,10 +14,11 @@ from behaviour_helpers import write_jsonl, write_toxicity_mirror
 from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
 from safespace_tasks.data import DataError, load_docs
-from safespace_tasks.harness.behaviour import ContinuationSettings, ContinuationTask, DetoxTask, RecognitionTask
-from safespace_tasks.harness.corpus import CorpusTask, Item, SettingsError, validate_metadata
-from safespace_tasks.harness.pairs import LikelihoodPreferenceTask, ParaDetoxTask
-from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings, StateItem
+from safespace_tasks.harness.families.behaviour import ContinuationSettings, ContinuationTask, DetoxTask, RecognitionTask
+from safespace_tasks.harness.core import CorpusTask, Item, SettingsError, validate_metadata
+from safespace_tasks.harness.families.detoxpref import LikelihoodPreferenceTask
+from safespace_tasks.harness.families.paradetox import ParaDetoxTask
+from safespace_tasks.harness.families.toxicity import ToxicityTask, SeparationSettings, StateItem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_validate_metadata_before_the_model():
 
 
 FAMILY_CLASSES = {
-    "toxicity": HiddenSpaceTask, "paradetox": ParaDetoxTask, "detoxpref": LikelihoodPreferenceTask,
+    "toxicity": ToxicityTask, "paradetox": ParaDetoxTask, "detoxpref": LikelihoodPreferenceTask,
     "continuation": ContinuationTask, "detox": DetoxTask, "recognition": RecognitionTask,
 }
 
@@ -140,7 +141,7 @@ def test_a_language_empty_after_exclusions_is_named(tmp_path):
     rows = [{"text": "you are an idiot", "toxic": i % 2} for i in range(40)]  # one text, both labels
     write_jsonl(tmp_path / "multilingual_toxicity_dataset" / "en.jsonl", rows)
     with pytest.raises(DataError) as err:
-        HiddenSpaceTask(config=_config(tmp_path, "en"))
+        ToxicityTask(config=_config(tmp_path, "en"))
     text = str(err.value)
     assert "'en'" in text and "40 rows" in text and "40 excluded" in text and "40 conflicting labels" in text
 
@@ -148,10 +149,10 @@ def test_a_language_empty_after_exclusions_is_named(tmp_path):
 def test_a_bad_setting_stops_the_task_before_any_request(tmp_path):
     write_toxicity_mirror(tmp_path, languages=("en",), n_per_class=10)
     with pytest.raises(SettingsError, match="(?i)did you mean pca_components"):
-        HiddenSpaceTask(config=_config(tmp_path, "en", pca_componets=5))
+        ToxicityTask(config=_config(tmp_path, "en", pca_componets=5))
 
 
-def _planted_items(task: HiddenSpaceTask, shift: float, seed: int) -> list[StateItem]:
+def _planted_items(task: ToxicityTask, shift: float, seed: int) -> list[StateItem]:
     rng = np.random.default_rng(seed)
     items = []
     for doc in task.dataset[task.config.test_split]:
@@ -162,9 +163,9 @@ def _planted_items(task: HiddenSpaceTask, shift: float, seed: int) -> list[State
 
 def test_a_language_measures_the_same_alone_and_beside_another(tmp_path):
     write_toxicity_mirror(tmp_path, languages=("en", "de"), n_per_class=30)
-    alone = HiddenSpaceTask(config=_config(tmp_path, "en"))
+    alone = ToxicityTask(config=_config(tmp_path, "en"))
     res_alone = alone.analyse(_planted_items(alone, 1.0, seed=0))
-    en, de = HiddenSpaceTask(config=_config(tmp_path, "en")), HiddenSpaceTask(config=_config(tmp_path, "de"))
+    en, de = ToxicityTask(config=_config(tmp_path, "en")), ToxicityTask(config=_config(tmp_path, "de"))
     items_de = _planted_items(de, 2.0, seed=1)
     de.analyse(items_de)
     items_en = _planted_items(en, 1.0, seed=0)
@@ -183,11 +184,11 @@ def test_a_language_measures_the_same_alone_and_beside_another(tmp_path):
 
 def test_strict_or_nan(tmp_path):
     write_toxicity_mirror(tmp_path, languages=("en",), n_per_class=10)
-    task = HiddenSpaceTask(config=_config(tmp_path, "en"))
+    task = ToxicityTask(config=_config(tmp_path, "en"))
     items = [StateItem(i, 1, HiddenState(np.ones((1, 4), np.float32), (-1,), 3, False), -1, f"t{i}") for i in range(6)]
     res = task.analyse(items)  # one class only
     assert math.isnan(res.values["bcv_ratio"]) and res.values["n_excluded"] == 0 and res.error
-    strict = HiddenSpaceTask(config=_config(tmp_path, "en", strict=True))
+    strict = ToxicityTask(config=_config(tmp_path, "en", strict=True))
     with pytest.raises(Exception, match="safespace-toxicity-en"):
         strict.analyse(items)
 
@@ -222,7 +223,7 @@ def test_a_task_may_hold_several_languages(tmp_path):
     """The shape a cross-lingual task takes: ``languages()`` lists them, items carry their language."""
     write_toxicity_mirror(tmp_path, languages=("en", "de"), n_per_class=12)
 
-    class TwoLanguages(HiddenSpaceTask):
+    class TwoLanguages(ToxicityTask):
         def languages(self):
             return ["en", "de"]
 
@@ -247,7 +248,7 @@ def test_a_task_may_hold_several_languages(tmp_path):
 
 
 def test_validate_cli_args_reads_the_command_line_as_lm_eval_does():
-    from safespace_tasks.harness.corpus import validate_cli_args
+    from safespace_tasks.harness.core import validate_cli_args
 
     ok = ["run", "--model", "hf", "--model_args", "pretrained=x", "--tasks", "safespace_toxicity", "--limit", "4"]
     validate_cli_args(ok + ["--metadata", '{"pca_components": 5}'])

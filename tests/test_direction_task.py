@@ -11,9 +11,9 @@ import pytest
 from test_harness_e2e import results_of, run_cli
 
 from safespace_tasks.capture import HiddenState
-from safespace_tasks.harness.corpus import Item, SettingsError
-from safespace_tasks.harness.direction_task import CONTROL_ID_OFFSET, DIRECTION_METRICS, direction_scores
-from safespace_tasks.plugin import task_dir
+from safespace_tasks.harness.core import Item, SettingsError
+from safespace_tasks.harness.families.direction import CONTROL_ID_OFFSET, DIRECTION_METRICS, direction_scores
+from safespace_tasks import task_dir
 
 LIMIT = 6
 

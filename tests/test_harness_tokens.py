@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from lm_eval.models.huggingface import HFLM
 
-from safespace_tasks.harness.model import encode_texts
+from safespace_tasks.harness.requests import encode_texts
 from safespace_tasks.local_models import cache_root
 
 SMOLLM2 = cache_root() / "smollm2-135m-instruct"

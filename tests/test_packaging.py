@@ -57,7 +57,7 @@ def test_wheel_ships_task_configs_and_finds_them(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=600)
     probe = subprocess.run(
-        [sys.executable, "-c", "from safespace_tasks.plugin import task_dir; print(task_dir())"],
+        [sys.executable, "-c", "from safespace_tasks import task_dir; print(task_dir())"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)}, check=True,
     )
     found = Path(probe.stdout.strip())

@@ -66,7 +66,7 @@ def test_incomplete_pairs_are_rejected_by_the_pure_metric():
 
 
 def test_a_pair_preference_counts_ties_half():
-    from safespace_tasks.harness.pairs import _prefer
+    from safespace_tasks.harness.families.detoxpref import _prefer
 
     prefs = [_prefer(n, t) for n, t in zip([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0])]
     assert prefs == [1.0, 0.5, 0.0, 1.0] and np.mean(prefs) == pytest.approx(0.625)

@@ -45,7 +45,7 @@ def test_unpruned_margin_equals_an_independent_computation_on_held_out_requests(
 
     import prune_per_language
     from safespace_tasks.data import multijail_rows
-    from safespace_tasks.harness.units_task import _sample
+    from safespace_tasks.harness.families.units import _sample
 
     results, out = run
     assert json.loads((out / "per_language.json").read_text())["variants"].keys() == results["variants"].keys()

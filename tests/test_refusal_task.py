@@ -13,9 +13,9 @@ import pytest
 from lm_eval.api.instance import Instance
 from test_harness_e2e import results_of, run_cli
 
-from safespace_tasks.harness.corpus import SettingsError
-from safespace_tasks.harness.refusal_task import GENERATION_METRICS, bootstrap_mean_stderr
-from safespace_tasks.plugin import task_dir
+from safespace_tasks.harness.core import SettingsError
+from safespace_tasks.harness.families.refusal import GENERATION_METRICS, bootstrap_mean_stderr
+from safespace_tasks import task_dir
 from safespace_tasks.refusal import summarize_replies
 
 LIMIT = 3

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from safespace_tasks import metric_table as mt
-from safespace_tasks.harness.corpus import SettingsError, validate_metadata
-from safespace_tasks.harness.task import SeparationSettings, peak_summary
-from safespace_tasks.harness.transfer_task import TransferSettings
+from safespace_tasks.harness.core import SettingsError, validate_metadata
+from safespace_tasks.harness.families.toxicity import SeparationSettings, peak_summary
+from safespace_tasks.harness.families.transfer import TransferSettings
 from safespace_tasks.layer_spec import LayerSpecError, normalize_spec, resolve_spec
 from safespace_tasks.states import load_states
 from safespace_tasks.stats.transfer import transfer_matrix
@@ -229,7 +229,7 @@ def test_report_shows_the_matrix_the_sweep_and_the_gain(transfer_run, tmp_path):
 def test_family_row_of_a_sweep_averages_the_final_layer(tiny_model, mirror, tmp_path):
     """``layers: all``: each language's plain metric is its final layer, and the family row (the generated group,
     cut to two languages) averages that same layer. ``n_permutations 0``: no null floor, no key for it."""
-    from safespace_tasks.plugin import task_dir
+    from safespace_tasks import task_dir
 
     text = (Path(task_dir()) / "toxicity" / "_safespace_toxicity.yaml").read_text()
     head, _, rest = text.partition("aggregate_metric_list:")

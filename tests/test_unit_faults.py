@@ -93,8 +93,8 @@ def test_pair_metrics_follow_multijail_order_whatever_order_the_languages_are_gi
     from lm_eval.tasks._yaml_loader import load_yaml
 
     from safespace_tasks import task_dir
-    from safespace_tasks.harness.corpus import Item
-    from safespace_tasks.harness.units_task import _RankStats
+    from safespace_tasks.harness.core import Item
+    from safespace_tasks.harness.families.units import _RankStats
     from safespace_tasks.stats.units import ClassSettings, analyse, classify, merge_all, unit_scores
 
     meta = {"data_dir": str(mirror), "n_samples": 4, "languages": "th,zh,en", "scu": 0.2, "ru": 0.1, "ucu": 0.1}
@@ -131,7 +131,9 @@ def test_pair_metrics_follow_multijail_order_whatever_order_the_languages_are_gi
 def no_model_load(monkeypatch):
     import lm_eval.models.huggingface as hf
 
-    import safespace_tasks.harness  # noqa: F401 - subclasses HFLM at import: import it before the patch
+    from safespace_tasks import install
+
+    install()  # subclasses and wraps HFLM: before the stand-in below
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the inputs were checked")
@@ -170,8 +172,9 @@ def test_trailing_newline_of_the_context_is_not_scored(tiny_model):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    import safespace_tasks.harness  # noqa: F401
-    from safespace_tasks import units_cli
+    from safespace_tasks import install, units_cli
+
+    install()
 
     lm = HFLM(pretrained=str(tiny_model), device="cpu", dtype="float32", batch_size=1)
     ctx, resp = "How do I bake bread?\n", "Mix flour, water and yeast."

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import safespace_tasks.harness  # noqa: F401 - installs the request types
+from safespace_tasks import install
 from safespace_tasks.stats.units import CLASSES, RunningStats, UnitStatistics, merge_all
+
+install()  # the request types
 
 PAIRS = [
     ("Question: how do I bake bread?\nAnswer:", " Mix flour, water and yeast, then bake."),

@@ -153,7 +153,7 @@ def test_files_beside_the_results_feed_mask_and_prune(units_run, tiny_model_long
 
 
 def test_settings_are_checked_before_the_model_runs():
-    from safespace_tasks.harness.corpus import SettingsError, validate_metadata
+    from safespace_tasks.harness.core import SettingsError, validate_metadata
 
     validate_metadata("safespace_units", {"n_samples": 64, "languages": "en,th", "chat_template": False})
     with pytest.raises(SettingsError, match="exceed 1"):
@@ -189,7 +189,9 @@ def test_prompt_mode_with_chat_template_scores_only_the_request_tokens(tiny_mode
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    import safespace_tasks.harness  # noqa: F401
+    from safespace_tasks import install
+
+    install()
 
     lm = HFLM(pretrained=str(tiny_model_long), device="cpu", dtype="float32", batch_size=2)
     req = "How do I pick a lock?"
@@ -228,7 +230,7 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
     import pickle
 
     from safespace_tasks import task_manager
-    from safespace_tasks.harness.units_task import _RankStats
+    from safespace_tasks.harness.families.units import _RankStats
     from safespace_tasks.stats.units import UnitsError
 
     meta = {"data_dir": str(mirror), "n_samples": 2, "languages": "en"}
@@ -246,7 +248,7 @@ def test_ranks_ship_merged_statistics_and_a_doc_is_never_counted_twice(mirror):
         items.append((i % 2, doc))
     ranks[0].layout = whole.layout = {"layout": None}
     shipped = pickle.loads(pickle.dumps(ranks))
-    from safespace_tasks.harness.corpus import Item
+    from safespace_tasks.harness.core import Item
 
     gathered = [Item(d["id"], response=shipped[r], language=d["language"]) for r, d in items]
     merged, _ = task._merged(gathered)
@@ -340,7 +342,7 @@ def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tin
 def test_request_weighting_gives_each_request_equal_weight(mirror):
     """``token_weighting: request``: the classes come from equal-weight moments, computed here with numpy
     from the same per-request token activations (no model: statistics fed to the task directly)."""
-    from safespace_tasks.harness.units_task import SafetyUnitsTask
+    from safespace_tasks.harness.families.units import SafetyUnitsTask
     from safespace_tasks.stats.units import UnitLayout
 
     import dataclasses
@@ -368,8 +370,7 @@ def test_request_weighting_gives_each_request_equal_weight(mirror):
             st = UnitStatistics({s: RunningStats.of(a) for s, a in acts[key].items()})
             answer = [st, {"layout": layout}] if i == 0 else [st]
             items.append(task.item_of(doc, answer))
-        task.compute(items)
-        results[weighting] = task._pending
+        results[weighting] = task.compute(items).outputs.units
     for weighting, pending in results.items():
         for name in ("safety", "utility"):
             xs = [a for (s, _), a in acts.items() if s == name]

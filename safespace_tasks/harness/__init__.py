@@ -1,21 +1,8 @@
-"""lm-eval glue: the request type, the task classes, the model registration and the guarded patches.
+"""lm-eval glue. Importing any module here changes nothing in lm-eval: :func:`safespace_tasks.install` does.
 
-Importing this package installs the request type, the ``safespace-hf`` model and four of the five
-patches listed in :mod:`safespace_tasks.harness.patches` (idempotent): lm-eval imports it when it
-resolves a safespace task's ``class:``, and ``safespace-eval`` imports it before the model is built.
-The fifth (the task folder) only ``safespace-eval`` installs.
+* :mod:`~safespace_tasks.harness.core`: the task core every family is built on (settings, items, aggregation);
+* :mod:`~safespace_tasks.harness.families`: one module per task family;
+* :mod:`~safespace_tasks.harness.requests`: every request type, installed in one place, and ``safespace-hf``;
+* :mod:`~safespace_tasks.harness.outputs`: the one registry of what tasks leave beside the results JSON;
+* :mod:`~safespace_tasks.harness.patches`: the guarded wrappers of lm-eval internals.
 """
-
-from __future__ import annotations
-
-from safespace_tasks.harness import model as _model
-from safespace_tasks.harness import patches as _patches
-
-
-def install() -> None:
-    """Install the request type on lm-eval's model classes and the stderr/states hooks (idempotent)."""
-    _model.install()
-    _patches.install()
-
-
-install()

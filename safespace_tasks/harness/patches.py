@@ -1,24 +1,25 @@
 """Small, guarded extensions of lm-eval 0.4.x internals: every patch this package installs.
 
-Installed by :func:`install` (on ``import safespace_tasks.harness``, so in every run that loads a
-safespace task, and before the model in ``safespace-eval`` and the Python API's ``task_manager()``):
+Patches 1-4 are installed by :func:`install`, which :func:`safespace_tasks.install` calls: when lm-eval
+builds a safespace task (so in every run that loads one), and before the model in ``safespace-eval``
+and the Python API's ``task_manager()``:
 
 1. Standard errors (``lm_eval.evaluator_utils.stderr_for_metric``). lm-eval knows only its own
    aggregations, so a corpus metric gets "N/A". Our aggregations carry a ``safespace_stderr`` (a
    stratified bootstrap computed with the metric); the wrapper returns it and defers to lm-eval for
    everything else. ``--bootstrap_iters 0`` still turns stderr off.
 2. Saved states and strict JSON (``EvaluationTracker.save_results_aggregated``). It decides where the
-   results JSON goes; the wrapper writes each task's states (``safespace_states_<task>_<date>.npz``)
-   and a ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions) into the same
-   folder, with the same date suffix. In a run with safespace tasks it hands lm-eval's writer a copy of
-   the results in which every non-finite number is ``null`` (:mod:`safespace_tasks.strict_json`), so
+   results JSON goes; the wrapper flushes :mod:`safespace_tasks.harness.outputs` into the same folder,
+   with the same date suffix: each task's states (``safespace_states_<task>_<date>.npz``), the unit
+   statistics and a ``safespace_details_<date>.json`` (intervals, diagnostics, data exclusions). In a
+   run with safespace tasks it hands lm-eval's writer a copy of the results in which every non-finite number is ``null`` (:mod:`safespace_tasks.strict_json`), so
    the results JSON is strict JSON; the details file says why each one is null (``null_values``).
    This is the one place that sees the family rows: lm-eval averages the languages into the group row
    after our aggregations, and its writer uses ``json.dumps`` with NaN allowed. The table lm-eval
    prints keeps its NaN (the in-memory results are not changed).
 3. A shared ``--use_cache`` (``CachingLM.__init__``). lm-eval keys its response cache by request
    only; the wrapper stamps the database with the model's fingerprint and refuses another model (see
-   :func:`safespace_tasks.harness.model.check_response_cache`).
+   :func:`safespace_tasks.harness.requests.check_response_cache`).
 4. Missing local model paths (``HFLM.__init__``, so every backend built on it). ``pretrained=``,
    ``tokenizer=``, ``peft=`` or ``delta=`` naming a local path that does not exist stops with a
    :class:`~safespace_tasks.local_models.ModelPathError` that says so and what a Hub id looks like,
@@ -37,7 +38,6 @@ runs without safespace tasks (4 only acts on a path that does not exist).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -77,105 +77,14 @@ def results_folder(tracker) -> Path | None:
     return path / str(tracker.general_config_tracker.model_name_sanitized)
 
 
-def _null_reason(details: dict | None, metric: str) -> str:
-    """Why a task's metric key (``bcv_ratio_layer1``) could not be computed, from its details."""
-    details = details or {}
-    suffixes = {str(i): sfx for i, sfx in (details.get("metric_suffixes") or {}).items()}
-    hits = [(i, sfx) for i, sfx in suffixes.items() if sfx and metric.endswith(sfx)]
-    if hits:
-        layer, sfx = max(hits, key=lambda h: len(h[1]))
-        base = metric[: -len(sfx)]
-    else:
-        plain = [i for i, sfx in suffixes.items() if not sfx]
-        base, layer = metric, (plain[0] if plain else None)
-    for stem in (base, base[: -len("_null")] if base.endswith("_null") else None,
-                 base[: -len("_p")] if base.endswith("_p") else None):
-        if not stem:
-            continue
-        why = ((details.get("degenerate") or {}).get(layer) or {}).get(stem) if layer is not None else None
-        if why:
-            return f"could not be computed: {why}"
-    by_layer = (details.get("metrics_by_layer") or {}).get(layer) if layer is not None else None
-    if isinstance(by_layer, dict) and by_layer.get("error"):
-        return f"could not be computed: {by_layer['error']}"
-    if details.get("error"):
-        return f"could not be computed: {details['error']}"
-    return "could not be computed (not a finite number); see the log and this task's details"
-
-
-def null_value_reasons(nulled: list[tuple], details: dict[str, dict], results: dict) -> dict[str, dict[str, str]]:
-    """``{row: {key: reason}}`` for every results entry written as null (paths from :func:`null_out`)."""
-    out: dict[str, dict[str, str]] = {}
-    subtasks = results.get("group_subtasks") or {}
-    for path in nulled:
-        if len(path) != 3 or path[0] not in ("results", "groups"):
-            out.setdefault("/".join(str(p) for p in path[:-1]), {})[str(path[-1])] = "not a finite number"
-            continue
-        _, row, key = path
-        metric = str(key).partition(",")[0]
-        if metric.endswith("_stderr"):
-            reason = "no standard error (not a finite number)"
-        elif row in subtasks:
-            missing = [t for t in subtasks[row] if not _finite((results.get("results") or {}).get(t, {}).get(key))]
-            reason = (f"mean over languages, of which {', '.join(missing)} could not be computed" if missing
-                      else "could not be computed (not a finite number)")
-        elif str(row).startswith("safespace-units") and row not in details:
-            reason = "could not be computed (not a finite number); see this task's safespace_units_*.json"
-        else:
-            reason = _null_reason(details.get(row), metric)
-        out.setdefault(str(row), {})[str(key)] = reason
-    return out
-
-
-def _finite(x) -> bool:
-    import math
-
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def write_pending_states(folder: Path, date_id: str | None, task_names, model_info: dict | None = None,
-                         nulled: list[tuple] | None = None, results: dict | None = None) -> list[Path]:
-    """Write the states and details of ``task_names`` that the aggregations left pending.
-
-    ``nulled``: results paths written as null (strict JSON); their reasons go into the details file
-    under ``null_values``."""
-    from safespace_tasks.strict_json import dumps
-    from safespace_tasks.harness.task import PENDING_STATES
-    from safespace_tasks.states import save_states
-
-    written: list[Path] = []
-    details = {}
-    for name in task_names:
-        bundle = PENDING_STATES.pop(name, None)
-        if bundle is None:
-            continue
-        if model_info:
-            bundle.meta["model"] = model_info
-        written.append(save_states(bundle, folder, date_id))
-        details[name] = bundle.meta
-    from safespace_tasks.harness.units_task import write_pending_units
-
-    written += write_pending_units(folder, date_id, task_names, model_info)
-    from safespace_tasks.harness.corpus import PENDING_DETAILS
-
-    for name in task_names:
-        if name in PENDING_DETAILS:
-            details[name] = PENDING_DETAILS.pop(name)
-    if nulled:
-        details["null_values"] = null_value_reasons(nulled, details, results or {})
-    if details:
-        path = Path(folder) / f"safespace_details{'_' + date_id if date_id else ''}.json"
-        path.write_text(dumps(details, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-        written.append(path)
-    return written
-
-
 def _install_tracker() -> None:
     from lm_eval.loggers.evaluation_tracker import EvaluationTracker
 
     original = EvaluationTracker.save_results_aggregated
     if getattr(original, _MARK, False):
         return
+
+    from safespace_tasks.harness import outputs
 
     def save_results_aggregated(self, results, samples=None):
         nulled: list[tuple] = []
@@ -196,8 +105,8 @@ def _install_tracker() -> None:
         try:
             cfg = self.general_config_tracker
             model_info = {"model_name": getattr(cfg, "model_name", None), "model_source": getattr(cfg, "model_source", None)}
-            written = write_pending_states(folder, getattr(self, "date_id", None), list(results.get("results", {})), model_info,
-                                           nulled=nulled, results=results)
+            written = outputs.flush(folder, getattr(self, "date_id", None), list(results.get("results", {})), model_info,
+                                    nulled=nulled, results=results)
             if written:
                 log.info("safespace: wrote %d state files beside the results in %s", len(written) - 1, folder)
         except Exception:  # results JSON is already safe; make the failure loud, not fatal
@@ -218,7 +127,7 @@ def _install_cache_guard() -> None:
 
     def __init__(self, lm, cache_db):
         original(self, lm, cache_db)
-        from safespace_tasks.harness.model import check_response_cache
+        from safespace_tasks.harness.requests import check_response_cache
 
         check_response_cache(lm)
 
@@ -254,9 +163,9 @@ def _install_model_path_check() -> None:
 
 def install_task_dir(folder: str | Path) -> None:
     """Patch 5: every ``TaskManager`` searches ``folder`` (the safespace task folder,
-    :func:`safespace_tasks.plugin.task_dir`) too, first, beside its ``include_path``.
+    :func:`safespace_tasks.task_dir`) too, first, beside its ``include_path``.
 
-    The caller passes the folder, so this module never imports back up to :mod:`safespace_tasks.plugin`.
+    The caller passes the folder, so this module never imports back up to :mod:`safespace_tasks`.
     """
     from lm_eval.tasks import TaskManager
 

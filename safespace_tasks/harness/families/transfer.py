@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from safespace_tasks.data import TOXICITY
-from safespace_tasks.harness.corpus import Analysis, Item, SettingsError, setting
-from safespace_tasks.harness.task import HiddenSpaceTask, SeparationSettings
+from safespace_tasks.harness.core import Analysis, Item, SettingsError, setting
+from safespace_tasks.harness.families.toxicity import ToxicityTask, SeparationSettings
 from safespace_tasks.stats.validation import SeparationInputError
+from safespace_tasks.states import StatesBundle
 from safespace_tasks.stats.transfer import transfer_matrix
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class TransferSettings(SeparationSettings):
         return list(dict.fromkeys([*self.targets, *self.sources]))
 
 
-class TransferTask(HiddenSpaceTask):
+class TransferTask(ToxicityTask):
     """Transfer of each source language's toxic direction to every target language (one task)."""
 
     FAMILY = "transfer"
@@ -141,7 +142,7 @@ class TransferTask(HiddenSpaceTask):
         if not items:
             raise SeparationInputError("no text reached the aggregation (the model returned no state)")
         layers = [int(x) for x in items[0].response.layers]
-        self.adopt_layers(layers)
+        self.adopt_layers(items[0].response)
         suffixes = self.layer_suffixes()
         by_lang: dict[str, list[Item]] = {lang: [] for lang in self.languages()}
         for it in items:
@@ -183,12 +184,13 @@ class TransferTask(HiddenSpaceTask):
             "transfer_matrix": m.to_dict(),
         }
         flat = [it for lang in order for it in by_lang[lang]]
-        self._kept = (
-            np.concatenate([states[lang] for lang in order]),
-            np.concatenate([labels[lang] for lang in order]),
-            np.array([it.key for it in flat], dtype=np.int64),
-            np.array([it.group for it in flat], dtype=np.int64),
-            np.array(layers, dtype=np.int64),
+        analysis.outputs.states = StatesBundle(
+            task=self.config.task,
+            states=np.concatenate([states[lang] for lang in order]),
+            labels=np.concatenate([labels[lang] for lang in order]),
+            ids=np.array([it.key for it in flat], dtype=np.int64),
+            groups=np.array([it.group for it in flat], dtype=np.int64),
+            layers=np.array(layers, dtype=np.int64),
         )
         return analysis
 

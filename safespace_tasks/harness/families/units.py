@@ -4,13 +4,13 @@ One task holds every set the analysis needs at once (lm-eval's group aggregation
 anything that compares sets lives in one task): the **safety** set (AdvBench requests with
 refusals, response tokens), the **utility** set (Alpaca seed tasks, response tokens) and MultiJail
 requests in each chosen **language** (prompt tokens; MultiJail has no responses). Each doc is a
-``unit_statistics`` request (per-unit running statistics, :mod:`safespace_tasks.harness.model`);
+``unit_statistics`` request (per-unit running statistics, :mod:`safespace_tasks.harness.requests`);
 the first doc also sends one ``unit_layout`` request, whose answer carries what the scores need
 from the weights (squared outgoing-weight norms, parameter weights, the model fingerprint): the
 model side computes it, the task never holds a model handle.
 
 Per-request statistics are merged as soon as ``process_results`` sees them, into one accumulator
-per (set, half) of this process; every :class:`~safespace_tasks.harness.corpus.Item` of the
+per (set, half) of this process; every :class:`~safespace_tasks.harness.core.Item` of the
 process refers to that one accumulator, so data-parallel ranks ship merged statistics (one copy per
 rank) instead of one per doc, and the aggregation merges the ranks' accumulators.
 
@@ -26,7 +26,6 @@ reads them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import data as data_mod
 from safespace_tasks import metric_table as mt
-from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
-from safespace_tasks.harness.model import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
+from safespace_tasks.harness.core import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
+from safespace_tasks.harness.requests import UNIT_LAYOUT_REQUEST_TYPE, UNIT_REQUEST_TYPE
+from safespace_tasks.harness.outputs import save_units
 from safespace_tasks.stats.unit_nulls import equal_weight, group_ids, overlap_null, split_half_own_utility
 from safespace_tasks.stats.units import (
     ClassSettings,
@@ -58,14 +58,12 @@ from safespace_tasks.stats.units import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnitsSettings", "SafetyUnitsTask", "PENDING_UNITS", "write_pending_units", "UNIT_SETS"]
+__all__ = ["UnitsSettings", "SafetyUnitsTask", "UNIT_SETS"]
 
 SAFETY, UTILITY = "safety", "utility"
 UNIT_SETS = (SAFETY, UTILITY)
 # the smallest calibration set (Alpaca seed tasks) bounds the samples per set
 MAX_SAMPLES = 175
-# task name -> what the aggregation computed, waiting to be written beside the results JSON
-PENDING_UNITS: dict[str, dict[str, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ def _halves(n: int, seed: int) -> np.ndarray:
 class SafetyUnitsTask(CorpusTask):
     """Safety, utility and MultiJail sets of one model in one task (see the module docstring).
 
-    YAML: ``class: !function safespace_tasks.harness.units_task.SafetyUnitsTask``, ``test_split``
+    YAML: ``class: !function safespace_tasks.harness.families.units.SafetyUnitsTask``, ``test_split``
     (any name; the sets are the task's languages) and the settings in ``metadata``
     (:class:`UnitsSettings`).
     """
@@ -408,9 +406,10 @@ class SafetyUnitsTask(CorpusTask):
         for lang in lang_labels:
             arrays[f"arrays.z_mj_{lang}"] = lang_z[lang]
             arrays[f"arrays.labels_mj_{lang}"] = lang_labels[lang]
-        self._pending = {"sets": stats_sets, "layout": layout, "arrays": arrays, "summary": summary, "answer": answer}
-        return Analysis(values=values, details={"units": {k: summary[k] for k in ("shares", "per_type", "split_half",
-                                                                                   "scu_per_language", "docs")}})
+        analysis = Analysis(values=values, details={"units": {k: summary[k] for k in ("shares", "per_type", "split_half",
+                                                                                       "scu_per_language", "docs")}})
+        analysis.outputs.units = {"sets": stats_sets, "layout": layout, "arrays": arrays, "summary": summary, "answer": answer}
+        return analysis
 
     def _nulls(self, groups: dict[tuple[str, int], UnitStatistics], z_u: np.ndarray, layout: UnitLayout,
                cs: ClassSettings, langs: list[str], half_stats, values: dict[str, float]) -> dict[str, Any]:
@@ -459,66 +458,12 @@ class SafetyUnitsTask(CorpusTask):
         return out
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
-        pending = getattr(self, "_pending", None)
-        if pending is None:
+        """The summary gets the task and its data; saved now with ``save_units_dir``."""
+        units = analysis.outputs.units
+        if units is None:
             return
-        self._pending = None
-        pending["summary"]["task"] = self.config.task
-        pending["summary"]["data"] = analysis.details.get("data")
-        PENDING_UNITS[self.config.task] = pending
+        units["summary"]["task"] = self.config.task
+        units["summary"]["data"] = analysis.details.get("data")
         if self.settings.save_units_dir:
-            paths = save_units(pending, Path(os.path.expanduser(self.settings.save_units_dir)), self.config.task, None)
+            paths = save_units(units, Path(os.path.expanduser(self.settings.save_units_dir)), self.config.task, None)
             log.info("%s: saved unit statistics to %s", self.config.task, paths[0])
-
-
-# --------------------------------------------------------------------------- files beside the results
-
-
-def units_file_stem(task: str, date_id: str | None) -> str:
-    return f"safespace_units_{task}" + (f"_{date_id}" if date_id else "")
-
-
-def save_units(pending: dict[str, Any], folder: Path, task: str, date_id: str | None,
-               model_info: dict | None = None) -> list[Path]:
-    """``<stem>.safetensors`` (merged statistics per set, layout, per-unit arrays; the format
-    ``safespace units mask`` reads) and ``<stem>.json`` (every number of the analysis)."""
-    from safespace_tasks.unit_masks import save_unit_stats
-
-    summary = dict(pending["summary"])
-    if model_info:
-        summary["model_info"] = model_info
-    s = summary["settings"]
-    meta = {
-        "model": summary.get("model"), "model_fingerprint": summary.get("model_fingerprint"),
-        "chat_template": bool(s["chat_template"] and summary["chat_template"]["tokenizer_has_one"]),
-        "data": {SAFETY: f"safety_refusals/train.jsonl, {s['n_samples']} rows (seed {s['seed']}), response tokens",
-                 UTILITY: f"alpaca_seed_tasks/seed_tasks.jsonl, {s['n_samples']} rows (seed {s['seed']}), response tokens",
-                 "multijail": f"multijail/<lang>.jsonl, {s['n_samples']} rows (seed {s['seed']}), prompt tokens"},
-        "task": task, "source": "safespace_units",
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = units_file_stem(task, date_id)
-    tensors = save_unit_stats(folder / f"{stem}.safetensors", pending["sets"], pending["layout"], meta, extra=pending["arrays"])
-    summary_path = folder / f"{stem}.json"
-    from safespace_tasks.strict_json import dumps as strict_dumps  # null, never NaN
-
-    summary_path.write_text(strict_dumps(summary, indent=2, ensure_ascii=False, default=_json_default), encoding="utf-8")
-    return [tensors, summary_path]
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def write_pending_units(folder: Path, date_id: str | None, task_names, model_info: dict | None = None) -> list[Path]:
-    """Write what the units tasks among ``task_names`` left pending (called beside the states)."""
-    written: list[Path] = []
-    for name in task_names:
-        pending = PENDING_UNITS.pop(name, None)
-        if pending is not None:
-            written += save_units(pending, Path(folder), name, date_id, model_info)
-    return written

@@ -1,13 +1,16 @@
-"""lm-eval task class for hidden-space separation: one task per language, a corpus metric per task.
+"""The toxicity family: hidden-space separation of toxic vs non-toxic texts, one task per language.
+
+:class:`ToxicityTask` is also the base of the other hidden-state families (paradetox, transfer).
 
 Each doc is one text. The task emits one ``pooled_hidden_states`` request per doc (the harness
-batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.corpus.Item`
+batches them), ``item_of`` wraps the returned state in a small :class:`~safespace_tasks.harness.core.Item`
 (its ``str`` is short, so ``--log_samples`` stays small), and the aggregations, which lm-eval hands
 every item of the task at once, compute the separation metrics of the whole language with
 :func:`safespace_tasks.stats.separation.separation_metrics`. The metrics are computed once per task and
-shared by all metric names (:class:`~safespace_tasks.harness.corpus.CorpusTask`); the bootstrap
+shared by all metric names (:class:`~safespace_tasks.harness.core.CorpusTask`); the bootstrap
 standard error reaches the results table through :mod:`safespace_tasks.harness.patches`. The states
-themselves are kept for saving beside the results JSON.
+themselves travel on the analysis to :mod:`safespace_tasks.harness.outputs`, which writes them beside
+the results JSON.
 """
 
 from __future__ import annotations
@@ -23,75 +26,23 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import metric_table as mt
 from safespace_tasks.capture import HiddenState
-from safespace_tasks.harness.corpus import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
-from safespace_tasks.harness.model import REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
-from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_spec, unsuffixed_position
+from safespace_tasks.harness.core import Analysis, CorpusAggregator, CorpusTask, Item, TaskSettings, setting
+from safespace_tasks.harness.requests import REQUEST_TYPE, SWEEP_REQUEST_TYPE, TRUNCATION_SIDES, normalize_options
+from safespace_tasks.layer_spec import is_plain, plain_suffixes, resolve_names, unsuffixed_position
 from safespace_tasks.stats.separation import METRIC_NAMES, SeparationResult, separation_metrics
 from safespace_tasks.stats.validation import SeparationInputError, combine_groups, text_groups
 from safespace_tasks.states import StatesBundle, save_states
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeparationSettings", "HiddenSpaceTask", "StateItem", "PENDING_STATES",
-           "SWEEP_REQUEST_TYPE", "install_sweep_request", "peak_summary"]
+__all__ = ["SeparationSettings", "ToxicityTask", "StateItem", "peak_summary"]
 
-# Task name -> states bundle of the latest aggregation, waiting to be written beside the results.
-PENDING_STATES: dict[str, StatesBundle] = {}
-
-# --------------------------------------------------------------------------- layer sweeps
-#
 # A ``layers`` setting of plain indices (``[-1]``, ``[0, 8, -1]``) goes to the model as it is, in a
-# ``pooled_hidden_states`` request. ``all`` and ranges need the model's depth, which only the model
-# side knows: such a task emits ``pooled_hidden_states_layers`` requests instead, whose method (on
-# every lm-eval model class, installed below) resolves the setting against the model's number of
-# decoder blocks and hands plain indices to ``pooled_hidden_states``. The response's
-# ``HiddenState.layers`` then tells the task which indices it got.
-
-SWEEP_REQUEST_TYPE = "pooled_hidden_states_layers"
-# task name -> number of decoder blocks of the model that answered its sweep requests (this process)
-SWEEP_DEPTH: dict[str, int] = {}
-
-
-def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> list[HiddenState]:
-    """``pooled_hidden_states`` for requests whose ``layers`` option is a sweep (``all``, ranges).
-
-    The option is resolved once against the model's depth (:func:`safespace_tasks.layer_spec.resolve_spec`:
-    entries in the order written, each range ascending, an index named twice read once); a setting
-    that does not fit the model (an index or bound out of range) fails here, before any forward pass.
-    """
-    from dataclasses import replace
-
-    import torch
-
-    from safespace_tasks.capture import find_decoder_parts
-
-    if not requests:
-        return []
-    model = getattr(self, "model", None)
-    if not isinstance(model, torch.nn.Module):  # a backend without hidden states: its own clear error
-        return self.pooled_hidden_states(requests, disable_tqdm=disable_tqdm)
-    n_layers = find_decoder_parts(model).n_layers
-    resolved = {}
-    plain = []
-    for req in requests:
-        text, options = req.args
-        spec = tuple(options["layers"])
-        if spec not in resolved:
-            resolved[spec] = resolve_spec(spec, n_layers)[0]
-        SWEEP_DEPTH[req.task_name] = n_layers
-        plain.append(replace(req, arguments=(text, {**options, "layers": resolved[spec]})))
-    return self.pooled_hidden_states(plain, disable_tqdm=disable_tqdm)
-
-
-def install_sweep_request() -> None:
-    """Give every lm-eval model class the sweep request type (idempotent)."""
-    from lm_eval.api.model import LM
-
-    if not hasattr(LM, SWEEP_REQUEST_TYPE):
-        setattr(LM, SWEEP_REQUEST_TYPE, pooled_hidden_states_layers)
-
-
-install_sweep_request()
+# ``pooled_hidden_states`` request; ``all`` and ranges go in a ``pooled_hidden_states_layers``
+# request, which the model side resolves against its depth (:mod:`safespace_tasks.harness.requests`).
+# Every response carries the indices it holds (``HiddenState.layers``) and the model's depth
+# (``HiddenState.n_layers``), from which the task names its metrics
+# (:func:`safespace_tasks.layer_spec.resolve_names`).
 
 
 def peak_summary(values: dict[str, float], metrics: list[str], layers: list[int], suffixes: list[str],
@@ -152,7 +103,7 @@ class SeparationSettings(TaskSettings):
     probe_permutations: permutations (at most ``n_permutations``) that refit the probe for its null
         (0, the default: ``probe_auroc_null`` and ``probe_auroc_p`` are not reported, no key at all).
     Also: bootstrap_iters, ci_level, seed (doc order, probe folds, bootstrap), strict, data_dir
-    (:class:`~safespace_tasks.harness.corpus.TaskSettings`).
+    (:class:`~safespace_tasks.harness.core.TaskSettings`).
     """
 
     layers: tuple[int | str, ...] = setting((-1,), kind="layers")
@@ -205,7 +156,7 @@ class SeparationSettings(TaskSettings):
 
         The deepest is -1 (the final layer, the paper's) when the list names it; otherwise the largest
         index when all are >= 0 (or all < 0). A list that mixes signs without -1 needs the model's depth:
-        the first entry here, corrected once the model answers (:meth:`HiddenSpaceTask.adopt_layers`).
+        the first entry here, corrected once the model answers (:meth:`ToxicityTask.adopt_layers`).
         """
         if not self.plain_layers:
             return [""]
@@ -239,10 +190,10 @@ class StateItem(Item):
     __str__ = __repr__
 
 
-class HiddenSpaceTask(CorpusTask):
+class ToxicityTask(CorpusTask):
     """A language's hidden-space separation of toxic vs non-toxic texts.
 
-    YAML (see ``task_configs/``): ``class: !function safespace_tasks.harness.task.HiddenSpaceTask``,
+    YAML (see ``task_configs/``): ``class: !function safespace_tasks.harness.families.toxicity.ToxicityTask``,
     ``dataset_path`` (the Hub id), ``test_split`` (the language), ``doc_to_text``, and settings in
     ``metadata`` (:class:`SeparationSettings`).
     """
@@ -282,9 +233,9 @@ class HiddenSpaceTask(CorpusTask):
             out += [m + p for m in per_layer if mt.has_peak(m) for p in mt.PEAK_SUFFIXES]
         return out + [m for m in names if not mt.spec(m).per_layer]
 
-    def adopt_layers(self, layers) -> None:
-        """Take the indices the model returned (a sweep's metric names are known only now)."""
-        layers = tuple(int(x) for x in layers)
+    def adopt_layers(self, state: HiddenState) -> None:
+        """Take the indices and the model depth a response carries (a sweep's metric names are known only now)."""
+        layers = tuple(int(x) for x in state.layers)
         if self._resolved is not None:
             if self._resolved[0] != layers:
                 raise ValueError(
@@ -293,40 +244,25 @@ class HiddenSpaceTask(CorpusTask):
                 )
             return
         spec = self.settings.layers
-        if self.settings.plain_layers:
-            # indices as written: the names are known already; the depth only where an index counts from the end
-            depth = None
-            for item, idx in zip(spec, layers):
-                if item < 0 <= idx:
-                    depth = idx - item - 1
-            # the deepest index read gets the plain names (the written form could not always tell)
-            self._resolved = (layers, plain_suffixes(spec, unsuffixed_position(layers, absolute=True)), depth)
-            self._add_metric_names()
-            return
-        depth = SWEEP_DEPTH.get(self.config.task)
-        exact = depth is not None
-        if depth is None:  # responses from a cache: find the depth the indices fit (exact when only one does)
-            for n in range(max(max(layers), 1), max(layers) + 4097):
-                try:
-                    if resolve_spec(spec, n)[0] == layers:
-                        depth = n
-                        break
-                except ValueError:
-                    continue
-            if depth is None:
-                raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}, which the setting "
-                                 f"layers={list(spec)} does not name.")
-            try:
-                exact = resolve_spec(spec, depth + 1)[0] != layers
-            except ValueError:
-                exact = True
-        indices, labels = resolve_spec(spec, depth)
-        if indices != layers:
-            raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
-                             f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
-        # the deepest index read (the final layer for 'all' and open ranges) gets the plain names
-        suffixes = plain_suffixes(labels, unsuffixed_position(indices, absolute=True))
-        self._resolved = (layers, suffixes, depth if exact else None)
+        plain = self.settings.plain_layers
+        depth = state.n_layers
+        if depth is not None:
+            indices, suffixes = resolve_names(spec, depth)
+            if indices != layers:
+                raise ValueError(f"{self.config.task}: the model returned layers {list(layers)}; the setting "
+                                 f"layers={list(spec)} names {list(indices)} for a model with {depth} decoder layers.")
+        elif plain:  # a response kept by an older lm-eval --use_cache database: the indices as written
+            suffixes = plain_suffixes(spec, unsuffixed_position(layers, absolute=True))
+            depth = next((idx - item - 1 for item, idx in zip(spec, layers) if item < 0), None)
+        else:
+            raise ValueError(
+                f"{self.config.task}: the responses carry no model depth, which the setting layers={list(spec)} needs; "
+                "they come from an lm-eval --use_cache database written by an earlier safespace-tasks. Give this run "
+                "another --use_cache path."
+            )
+        if plain and not any(item < 0 for item in spec):
+            depth = None  # indices that do not count from the end name no final layer (no <m>_final claimed)
+        self._resolved = (layers, suffixes, depth)
         self._add_metric_names()
 
     def _add_metric_names(self) -> None:
@@ -346,7 +282,7 @@ class HiddenSpaceTask(CorpusTask):
 
     def process_results(self, doc: dict, results: list) -> dict[str, Any]:
         if results and isinstance(results[0], HiddenState):
-            self.adopt_layers(results[0].layers)
+            self.adopt_layers(results[0])
         return super().process_results(doc, results)
 
     def construct_requests(self, doc: dict, ctx: str, **kwargs) -> Instance:
@@ -380,7 +316,7 @@ class HiddenSpaceTask(CorpusTask):
         if not items:
             raise SeparationInputError("no text reached the aggregation (the model returned no state)")
         layers = items[0].response.layers
-        self.adopt_layers(layers)
+        self.adopt_layers(items[0].response)
         states = np.stack([it.response.vectors for it in items]).astype(np.float32)
         labels = np.array([it.label for it in items], dtype=np.int64)
         ids = np.array([it.key for it in items], dtype=np.int64)
@@ -455,25 +391,24 @@ class HiddenSpaceTask(CorpusTask):
             "degenerate": degenerate,
             "n_degenerate_metrics": int(sum(len(v) for v in degenerate.values())),
         }
-        self._kept = (states[keep], labels[keep], ids[keep], groups[keep], np.array(layers, dtype=np.int64))
         # with copies of a text the metrics grouped differently from the saved groups: the report needs them
-        self._metric_groups = self.metric_groups(groups[keep], copies) if n_duplicate_texts else None
+        extra = {}
+        if n_duplicate_texts:
+            metric_groups = self.metric_groups(groups[keep], copies)
+            if metric_groups is not None:  # the groups separation_metrics kept whole
+                extra["metric_groups"] = [int(g) for g in metric_groups]
+        analysis.outputs.states = StatesBundle(
+            task=task, states=states[keep], labels=labels[keep], ids=ids[keep], groups=groups[keep],
+            layers=np.array(layers, dtype=np.int64), meta=extra,
+        )
         return analysis
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
-        kept = getattr(self, "_kept", None)
-        if kept is None:
+        """The states bundle gets the full details (the core's too) as its meta; saved now with ``save_states_dir``."""
+        bundle = analysis.outputs.states
+        if bundle is None:
             return
-        self._kept = None
-        states, labels, ids, groups, layers = kept
-        meta = dict(analysis.details)
-        metric_groups, self._metric_groups = getattr(self, "_metric_groups", None), None
-        if metric_groups is not None:
-            meta["metric_groups"] = [int(g) for g in metric_groups]  # the groups separation_metrics kept whole
-        bundle = StatesBundle(
-            task=self.config.task, states=states, labels=labels, ids=ids, groups=groups, layers=layers, meta=meta,
-        )
-        PENDING_STATES[self.config.task] = bundle
+        bundle.meta = {**analysis.details, **bundle.meta}
         if self.settings.save_states_dir:
             path = save_states(bundle, os.path.expanduser(self.settings.save_states_dir))
             log.info("%s: saved states to %s", self.config.task, path)

@@ -46,7 +46,7 @@ from safespace_tasks.stats.behaviour import (
     detox_scores,
     recognition_scores,
 )
-from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, TaskSettings, setting
+from safespace_tasks.harness.core import Analysis, CorpusTask, Item, TaskSettings, setting
 from safespace_tasks.scorers import ToxicityScorer, get_scorer
 from safespace_tasks.text_measures import (
     FLUENCY_MEASURE,

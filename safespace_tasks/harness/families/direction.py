@@ -47,14 +47,14 @@ from lm_eval.api.instance import Instance
 
 from safespace_tasks import data as data_mod
 from safespace_tasks.capture import HiddenState
-from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, setting
-from safespace_tasks.harness.refusal_task import OpeningSettings
-from safespace_tasks.harness.task import SWEEP_REQUEST_TYPE
+from safespace_tasks.harness.core import Analysis, CorpusTask, Item, setting
+from safespace_tasks.harness.families.refusal import OpeningSettings
+from safespace_tasks.harness.requests import SWEEP_REQUEST_TYPE
 from safespace_tasks.stats.resampling import bootstrap_weights, weighted_means
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DirectionSettings", "RefusalDirectionTask", "DIRECTION_METRICS", "CONTROL_ID_OFFSET",
+__all__ = ["DirectionSettings", "DirectionTask", "DIRECTION_METRICS", "CONTROL_ID_OFFSET",
            "direction_scores", "direction_curves"]
 
 DIRECTION_METRICS = ("direction_gap", "direction_gap_best", "direction_gap_best_layer", "direction_harmful",
@@ -115,7 +115,7 @@ def direction_curves(s: np.ndarray, harmful: np.ndarray) -> dict[str, np.ndarray
     return {"harmful": h, "harmless": c, "gap": h - c}
 
 
-class RefusalDirectionTask(CorpusTask):
+class DirectionTask(CorpusTask):
     """One MultiJail language of the reasoning-direction probe (see module doc)."""
 
     FAMILY = "direction"

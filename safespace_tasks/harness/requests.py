@@ -1,17 +1,29 @@
-"""The ``pooled_hidden_states`` request type on lm-eval's Hugging Face backend.
+"""Every request type of the plugin, and ``safespace-hf``.
 
 lm-eval dispatches each request type to the model method of the same name
-(``getattr(lm, request_type)(requests)``). :func:`install` adds ``pooled_hidden_states`` to
-``HFLM`` (so the stock ``--model hf`` and every subclass of it serve our tasks) only where it is
-absent, gives every other backend a method that fails with a clear message, and registers
-``safespace-hf``, an ``HFLM`` that carries the method itself. ``unit_statistics`` (per-neuron
-running statistics for the safety-unit tasks) is installed the same way.
+(``getattr(lm, request_type)(requests)``). The request types:
+
+* ``pooled_hidden_states`` (``args = (text, options)``): one text's pooled hidden states at the
+  requested indices (:class:`~safespace_tasks.capture.HiddenState`, which also carries the model's depth);
+* ``pooled_hidden_states_layers``: the same for a ``layers`` option that needs the model's depth
+  (``all``, ranges), resolved here and answered by ``pooled_hidden_states``;
+* ``unit_statistics`` (``args = (context, continuation, options)``): per-neuron running statistics
+  for the safety-unit tasks;
+* ``unit_layout`` (``args = ({},)``): what the unit scores need from the weights.
+
+:func:`install`, the one place that puts them on lm-eval's model classes (called by
+:func:`safespace_tasks.install`, which the task core calls when a task is built), adds them to
+``HFLM`` (so the stock ``--model hf`` and every subclass of it serve our tasks) only where absent,
+gives every other backend a method that fails with a clear message (the sweep type, which only
+resolves the layers, to every backend). ``safespace-hf`` (:class:`SafespaceHFLM`, registered when
+this module is imported) is an ``HFLM`` that carries the methods itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -36,12 +48,14 @@ from safespace_tasks.capture import (
     pad_batch,
     resolve_layers,
 )
+from safespace_tasks.layer_spec import resolve_spec
 from safespace_tasks.stats.units import UnitStatistics
 from safespace_tasks.state_cache import StateCache, digest
 
 log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "pooled_hidden_states"
+SWEEP_REQUEST_TYPE = "pooled_hidden_states_layers"
 UNIT_REQUEST_TYPE = "unit_statistics"
 TRUNCATION_SIDES = ("left", "right")
 
@@ -201,7 +215,8 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     for index, text, opts, cache_key in items:
         if cache_key is not None and cache_key in hits:
             vec, layers, n_tokens, truncated = hits[cache_key]
-            results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True)
+            results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=n_tokens, truncated=truncated, cached=True,
+                                         n_layers=parts.n_layers)
         else:
             misses.append((index, text, opts, cache_key))
     todo = []
@@ -224,43 +239,52 @@ def pooled_hidden_states(self: HFLM, requests, disable_tqdm: bool = False) -> li
     if todo:
         # Batches never mix tasks: a text's state (float rounding depends on the batch's padded shape)
         # is then the same whichever other tasks run beside its task, and so are its task's metrics.
-        collator = Collator(
-            todo,
-            sort_fn=lambda x: (-len(x[1]), x[0]),
-            group_fn=lambda x: {**x[2], "_task": requests[x[0]].task_name},
-            group_by="gen_kwargs",
-        )
-        batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
-        # Collator yields each group longest-first; an auto batch size is found from a group's first
-        # (longest) texts and reused for every later group with the same options whose texts are no longer.
-        found: dict[str, tuple[int, int]] = {}
-        for group_items in _groups(collator):
-            opts = group_items[0][2]
+        # An auto batch size found for a group's longest texts is reused by every later group with the
+        # same options whose texts are no longer.
+        for opts, chunk, ids, mask in _batched(
+            self, todo, group_fn=lambda x: {**x[2], "_task": requests[x[0]].task_name}, opts_of=lambda x: x[2],
+            detect=lambda group: _detect_batch_size(self, parts, group[0][1], group[0][2]),
+            reuse_key=lambda x: repr(sorted(x[2].items())),
+        ):
             layers = resolve_layers(opts["layers"], parts.n_layers)
-            size = batch_size
-            if size is None:
-                key, longest = repr(sorted(opts.items())), len(group_items[0][1])
-                if key in found and found[key][1] >= longest:
-                    size = found[key][0]
-                else:
-                    size = _detect_batch_size(self, parts, group_items[0][1], opts)
-                    found[key] = (size, longest)
-            for start in range(0, len(group_items), size):
-                chunk = group_items[start : start + size]
-                ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
-                vecs = capture_pooled(self.model, ids, mask, layers, opts["pooling"], parts, self.mixed_precision_dtype)
-                fresh = []
-                for (index, toks, _, truncated, cache_key), vec in zip(chunk, vecs):
-                    results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated)
-                    if cache_key is not None:
-                        fresh.append((cache_key, vec, layers, len(toks), truncated))
-                if fresh:  # committed per batch: a killed run resumes from here
-                    caches[str(opts["state_cache"])].put_many(fresh)
-                pbar.update(len(chunk))
+            vecs = capture_pooled(self.model, ids, mask, layers, opts["pooling"], parts, self.mixed_precision_dtype)
+            fresh = []
+            for (index, toks, _, truncated, cache_key), vec in zip(chunk, vecs):
+                results[index] = HiddenState(vectors=vec, layers=layers, n_tokens=len(toks), truncated=truncated,
+                                             n_layers=parts.n_layers)
+                if cache_key is not None:
+                    fresh.append((cache_key, vec, layers, len(toks), truncated))
+            if fresh:  # committed per batch: a killed run resumes from here
+                caches[str(opts["state_cache"])].put_many(fresh)
+            pbar.update(len(chunk))
     pbar.close()
     for cache in caches.values():
         cache.close()
     return results  # type: ignore[return-value]
+
+
+def pooled_hidden_states_layers(self, requests, disable_tqdm: bool = False) -> list[HiddenState]:
+    """``pooled_hidden_states`` for requests whose ``layers`` option is a sweep (``all``, ranges).
+
+    The option is resolved once against the model's depth (:func:`safespace_tasks.layer_spec.resolve_spec`:
+    entries in the order written, each range ascending, an index named twice read once); a setting
+    that does not fit the model (an index or bound out of range) fails here, before any forward pass.
+    """
+    if not requests:
+        return []
+    model = getattr(self, "model", None)
+    if not isinstance(model, torch.nn.Module):  # a backend without hidden states: its own clear error
+        return self.pooled_hidden_states(requests, disable_tqdm=disable_tqdm)
+    n_layers = find_decoder_parts(model).n_layers
+    resolved = {}
+    plain = []
+    for req in requests:
+        text, options = req.args
+        spec = tuple(options["layers"])
+        if spec not in resolved:
+            resolved[spec] = resolve_spec(spec, n_layers)[0]
+        plain.append(replace(req, arguments=(text, {**options, "layers": resolved[spec]})))
+    return self.pooled_hidden_states(plain, disable_tqdm=disable_tqdm)
 
 
 UNIT_TOKENS = ("response", "prompt")
@@ -402,25 +426,21 @@ def unit_statistics(self: HFLM, requests, disable_tqdm: bool = False) -> list[Un
         todo.append((index, toks, start, truncated, opts))
     results: list[UnitStatistics | None] = [None] * len(requests)
     pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running unit_statistics requests")
-    collator = Collator(todo, sort_fn=lambda x: (-len(x[1]), x[0]), group_fn=lambda x: x[4], group_by="gen_kwargs")
-    batch_size: int | None = None if str(self.batch_size).startswith("auto") else int(self.batch_size)
-    for group_items in _groups(collator):
-        opts = group_items[0][4]
 
-        def run(chunk, ids, mask):
-            select = _select_mask(chunk, mask, opts["padding_side"])
-            return capture_unit_stats(self.model, ids, mask, select, opts["sites"], parts, self.mixed_precision_dtype)
+    def run(opts, chunk, ids, mask):
+        select = _select_mask(chunk, mask, opts["padding_side"])
+        return capture_unit_stats(self.model, ids, mask, select, opts["sites"], parts, self.mixed_precision_dtype)
 
-        size = batch_size or _detect_batch_size(
-            self, parts, group_items[0][1], opts, probe_fn=lambda ids, mask: run([group_items[0]] * ids.shape[0], ids, mask)
-        )
-        for begin in range(0, len(group_items), size):
-            chunk = group_items[begin : begin + size]
-            ids, mask = pad_batch([c[1] for c in chunk], _pad_id(self), opts["padding_side"], self.device)
-            for item, stats in zip(chunk, run(chunk, ids, mask)):
-                stats.truncated = int(item[3])
-                results[item[0]] = stats
-            pbar.update(len(chunk))
+    for opts, chunk, ids, mask in _batched(
+        self, todo, group_fn=lambda x: x[4], opts_of=lambda x: x[4],
+        detect=lambda group: _detect_batch_size(
+            self, parts, group[0][1], group[0][4],
+            probe_fn=lambda ids, mask: run(group[0][4], [group[0]] * ids.shape[0], ids, mask)),
+    ):
+        for item, stats in zip(chunk, run(opts, chunk, ids, mask)):
+            stats.truncated = int(item[3])
+            results[item[0]] = stats
+        pbar.update(len(chunk))
     pbar.close()
     return results  # type: ignore[return-value]
 
@@ -485,10 +505,35 @@ def encode_texts(lm: HFLM, texts: list[str]) -> list[list[int]]:
     return out  # type: ignore[return-value]
 
 
-def _groups(collator: Collator):
-    """The collator's option groups, each as one list in longest-first order."""
+def _batched(lm: HFLM, todo: list[tuple], *, group_fn, opts_of, detect, reuse_key=None):
+    """THE batching loop of the request types: yields ``(options, chunk, ids, mask)`` per batch.
+
+    ``todo`` rows are ``(index, token ids, ...)``. lm-eval's ``Collator`` groups them by
+    ``group_fn(row)`` and orders each group longest first (ties by index); each group is cut into
+    batches of ``lm.batch_size`` or, with ``auto``, of ``detect(group)`` (the largest size whose
+    longest batch fits). ``reuse_key(row)``: a size found for a key is reused by a later group with the
+    same key whose rows are no longer. Each batch is padded to ``ids``/``mask`` on the side its
+    options (``opts_of(row)``) name.
+    """
+    collator = Collator(todo, sort_fn=lambda x: (-len(x[1]), x[0]), group_fn=group_fn, group_by="gen_kwargs")
+    batch_size: int | None = None if str(lm.batch_size).startswith("auto") else int(lm.batch_size)
+    found: dict[str, tuple[int, int]] = {}
     for group in collator.get_batched(n=0):
-        yield list(group)
+        group = list(group)
+        opts = opts_of(group[0])
+        size = batch_size
+        if size is None:
+            key, longest = (reuse_key(group[0]) if reuse_key else None), len(group[0][1])
+            if key is not None and key in found and found[key][1] >= longest:
+                size = found[key][0]
+            else:
+                size = detect(group)
+                if key is not None:
+                    found[key] = (size, longest)
+        for start in range(0, len(group), size):
+            chunk = group[start : start + size]
+            ids, mask = pad_batch([c[1] for c in chunk], _pad_id(lm), opts["padding_side"], lm.device)
+            yield opts, chunk, ids, mask
 
 
 def _unsupported_units(self: LM, requests, *args, **kwargs):
@@ -533,17 +578,20 @@ class SafespaceHFLM(HFLM):
             log.info("safespace-hf: CPU data parallel, rank %d of %d", self._rank, self._world_size)
 
 
+# request type -> (the HFLM method, what every other backend answers)
+_METHODS = {
+    REQUEST_TYPE: (pooled_hidden_states, _unsupported),
+    UNIT_REQUEST_TYPE: (unit_statistics, _unsupported_units),
+    UNIT_LAYOUT_REQUEST_TYPE: (unit_layout_request, _unsupported_units),
+}
+
+
 def install() -> None:
-    """Give lm-eval's model classes the request type (idempotent)."""
-    if not hasattr(LM, REQUEST_TYPE):
-        setattr(LM, REQUEST_TYPE, _unsupported)
-    if getattr(HFLM, REQUEST_TYPE, None) in (None, _unsupported):
-        setattr(HFLM, REQUEST_TYPE, pooled_hidden_states)
-    if not hasattr(LM, UNIT_REQUEST_TYPE):
-        setattr(LM, UNIT_REQUEST_TYPE, _unsupported_units)
-    if getattr(HFLM, UNIT_REQUEST_TYPE, None) in (None, _unsupported_units):
-        setattr(HFLM, UNIT_REQUEST_TYPE, unit_statistics)
-    if not hasattr(LM, UNIT_LAYOUT_REQUEST_TYPE):
-        setattr(LM, UNIT_LAYOUT_REQUEST_TYPE, _unsupported_units)
-    if getattr(HFLM, UNIT_LAYOUT_REQUEST_TYPE, None) in (None, _unsupported_units):
-        setattr(HFLM, UNIT_LAYOUT_REQUEST_TYPE, unit_layout_request)
+    """THE place the request types reach lm-eval's model classes (idempotent)."""
+    for request_type, (method, unsupported) in _METHODS.items():
+        if not hasattr(LM, request_type):
+            setattr(LM, request_type, unsupported)
+        if getattr(HFLM, request_type, None) in (None, unsupported):
+            setattr(HFLM, request_type, method)
+    if not hasattr(LM, SWEEP_REQUEST_TYPE):  # resolves the layers, then asks the backend's pooled_hidden_states
+        setattr(LM, SWEEP_REQUEST_TYPE, pooled_hidden_states_layers)

@@ -34,7 +34,7 @@ import numpy as np
 from lm_eval.api.instance import Instance
 
 from safespace_tasks import data as data_mod
-from safespace_tasks.harness.corpus import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
+from safespace_tasks.harness.core import Analysis, CorpusTask, Item, SettingsError, TaskSettings, setting
 from safespace_tasks.refusal import REFUSAL_PHRASES_SOURCE, judge_reply, summarize_replies
 from safespace_tasks.refusal_judge import is_refusal_cue
 

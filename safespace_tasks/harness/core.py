@@ -11,6 +11,8 @@
   wrong types and values out of range are errors that name the key, the value and what is allowed;
 * one picklable :class:`Item` per doc and one :class:`CorpusAggregator` per corpus metric (its
   ``safespace_stderr`` feeds :mod:`safespace_tasks.harness.patches`; it is never deep-copied);
+* the hand-off of each analysis's outputs (states, unit statistics, details) to
+  :mod:`safespace_tasks.harness.outputs`, which writes them beside the results;
 * dedupe (data-parallel padding), canonical order, the per-task analysis cache and the
   strict-or-NaN policy.
 
@@ -35,13 +37,16 @@ from typing import Any, Callable, Iterable
 from lm_eval.api.task import ConfigurableTask
 
 from safespace_tasks import data as data_mod
+from safespace_tasks import install
 from safespace_tasks import metric_table as mt
+from safespace_tasks.harness import outputs
+from safespace_tasks.harness.outputs import TaskOutputs
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SettingsError", "setting", "parse_settings", "TaskSettings", "Item", "Analysis", "CorpusAggregator",
-    "CorpusTask", "PENDING_DETAILS", "validate_metadata", "validate_cli_args", "settings_for", "family_of",
+    "CorpusTask", "validate_metadata", "validate_cli_args", "settings_for", "family_of",
 ]
 
 # Metadata keys lm-eval or the plugin put there themselves (never a user's setting).
@@ -320,12 +325,17 @@ class Item:
 
 @dataclass
 class Analysis:
-    """Metrics of one task over all its docs, or the reason they could not be computed."""
+    """Metrics of one task over all its docs, or the reason they could not be computed.
+
+    ``outputs``: what the analysis leaves for the files beside the results JSON (states, unit
+    statistics, details); the task core hands them to :mod:`safespace_tasks.harness.outputs`.
+    """
 
     values: dict[str, float] = field(default_factory=dict)
     stderr: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    outputs: TaskOutputs = field(default_factory=TaskOutputs, compare=False, repr=False)
 
 
 class CorpusAggregator:
@@ -351,10 +361,6 @@ class CorpusAggregator:
 
 
 # --------------------------------------------------------------------------- the task core
-
-
-# Task name -> details of its latest analysis, waiting to be written beside the results (WRITE_DETAILS).
-PENDING_DETAILS: dict[str, dict[str, Any]] = {}
 
 
 class CorpusTask(ConfigurableTask):
@@ -393,6 +399,7 @@ class CorpusTask(ConfigurableTask):
             CorpusTask._registry[cls.FAMILY] = cls
 
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
+        install()  # request types and patches, before lm-eval dispatches this task's requests (idempotent)
         cfg = dict(config or {})
         cfg.pop("class", None)
         self.settings = self.SETTINGS.from_metadata(cfg.get("metadata"), where=str(cfg.get("task") or self.FAMILY))
@@ -540,7 +547,10 @@ class CorpusTask(ConfigurableTask):
         )
         self.on_analysis(analysis, unique)
         if self.WRITE_DETAILS:
-            PENDING_DETAILS[self.config.task] = analysis.details
+            analysis.outputs.details = analysis.details
+        # the outputs go to the registry once; the cached analysis keeps the numbers only
+        task_outputs, analysis.outputs = analysis.outputs, TaskOutputs()
+        outputs.post(self.config.task, task_outputs)
         self._analysis_cache = (key, analysis)
         return analysis
 
@@ -573,14 +583,15 @@ def _family_settings() -> dict[str, type[TaskSettings]]:
     The family modules subclass :class:`CorpusTask` (importing one registers its families), so they are
     imported here, when first asked, never at the top of this module.
     """
-    from safespace_tasks.harness import (  # noqa: F401 - each import registers its families
+    from safespace_tasks.harness.families import (  # noqa: F401 - each import registers its families
         behaviour,
-        direction_task,
-        pairs,
-        refusal_task,
-        task,
-        transfer_task,
-        units_task,
+        detoxpref,
+        direction,
+        paradetox,
+        refusal,
+        toxicity,
+        transfer,
+        units,
     )
 
     return {fam: cls.SETTINGS for fam, cls in CorpusTask._registry.items()}
