@@ -342,6 +342,13 @@ def _units_null_rows() -> tuple[MetricSpec, ...]:
             MetricSpec(f"jaccard_p_{pair}", False, f"overlap p-value {a} / {b}", "p-value", _U,
                        "permutation p-value that the SCU sets overlap less than re-dealt requests' do (small: "
                        "set-specific SCUs)", family_mean=False),
+            MetricSpec(f"jaccard_floor_{pair}", False, f"shared-utility floor Jaccard {a} / {b}", "Jaccard", _U,
+                       "mean SCU Jaccard when set b's safety scores keep their line on the utility scores per layer "
+                       "and module type and their residuals are dealt at random (shared utility, nothing else shared)",
+                       family_mean=False),
+            MetricSpec(f"jaccard_p_floor_{pair}", False, f"overlap-above-floor p-value {a} / {b}", "p-value", _U,
+                       "permutation p-value that the SCU sets overlap no more than the floor's deals (small: shared "
+                       "SCUs beyond the shared utility scores)", family_mean=False),
         ]
     return tuple(rows)
 

@@ -299,7 +299,7 @@ def test_compare_two_runs(units_run, tmp_path, capsys):
 
 
 def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tiny_model_long):
-    """The run's ``jaccard_null_*`` / ``jaccard_p_*`` and own-utility split halves equal
+    """The run's ``jaccard_null_*`` / ``jaccard_p_*``, the floors and own-utility split halves equal
     :mod:`safespace_tasks.stats.unit_nulls` on per-group statistics computed here with plain hooks."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -329,7 +329,9 @@ def test_run_reports_the_shared_utility_null_as_computed_directly(units_run, tin
         name = f"{a}_{b}"
         assert row[f"jaccard_null_{name},none"] == pytest.approx(res["null"])
         assert row[f"jaccard_p_{name},none"] == pytest.approx(res["p"])
-        assert 0 < res["p"] <= 1 and res["exhaustive"] == paired
+        assert row[f"jaccard_floor_{name},none"] == pytest.approx(res["floor"])
+        assert row[f"jaccard_p_floor_{name},none"] == pytest.approx(res["p_floor"])
+        assert 0 < res["p"] <= 1 and res["exhaustive"] == paired and 0 < res["p_floor"] <= 1
         if a != "safety":
             assert row[f"jaccard_{name},none"] == pytest.approx(res["jaccard"])
     half = lambda name, h: merge_all([merged[k] for k in sorted(merged) if k[0] == name and (k[1] >= 4) == h])  # noqa: E731

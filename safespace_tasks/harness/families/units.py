@@ -450,11 +450,14 @@ class SafetyUnitsTask(CorpusTask):
                 res = overlap_null(ga, gb, z_u, layout, cs, n_perm=n_perm, seed=self.settings.seed, paired=paired)
             except UnitsError as err:
                 out["errors"][name] = str(err)
-                values[f"jaccard_null_{name}"] = values[f"jaccard_p_{name}"] = float("nan")
+                for key in ("jaccard_null", "jaccard_p", "jaccard_floor", "jaccard_p_floor"):
+                    values[f"{key}_{name}"] = float("nan")
                 continue
             out["pairs"][name] = res
             values[f"jaccard_null_{name}"] = res["null"]
             values[f"jaccard_p_{name}"] = res["p"]
+            values[f"jaccard_floor_{name}"] = res["floor"]
+            values[f"jaccard_p_floor_{name}"] = res["p_floor"]
         return out
 
     def on_analysis(self, analysis: Analysis, items: list[Item]) -> None:
