@@ -22,7 +22,7 @@ the shared utility set and everything else the design shares. The observed value
 expected above it; ``p`` is the permutation p-value of the lower tail, ``(1 + #{J_null <= J}) /
 (1 + R)`` (paired and exhaustive: ``#{J_null <= J} / R``, the observed deal among them): small means
 the two sets' SCUs overlap less than exchangeable requests would, i.e. set-specific SCUs. Under
-exchangeable requests it is uniform (tests/test_unit_nulls.py). A value near ``null`` with a large
+exchangeable requests it is uniform (tests/unit/test_unit_nulls.py). A value near ``null`` with a large
 ``p`` says the two SCU sets cannot be told apart at this sample size — which is *not* evidence of
 shared safety units beyond what the shared utility set and the shared model force.
 
