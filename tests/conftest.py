@@ -1,4 +1,6 @@
-"""Shared fixtures: the data mirror and tiny random-weight models built on the fly."""
+"""Shared fixtures of every test folder: the data mirror and tiny random-weight models built on the fly.
+
+Also puts tests/ on ``sys.path``, so that a test in any folder does ``from helpers import ...``."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def sample_texts(mirror) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, sample_texts) -> Path:
-    from tiny_model import build_tiny_llama
+    from helpers import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", sample_texts, max_position_embeddings=128)
 
@@ -49,6 +51,6 @@ def tiny_model(tmp_path_factory, sample_texts) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_long(tmp_path_factory, sample_texts) -> Path:
     """Like ``tiny_model`` with a 1,024-token context, for tasks whose texts must not be cut."""
-    from tiny_model import build_tiny_llama
+    from helpers import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_long") / "llama", sample_texts, max_position_embeddings=1024)
