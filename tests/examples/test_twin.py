@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from safespace_tasks.experiments import chat_prompt, generate_replies
-from tests.tiny_model import build_tiny_llama
+from helpers import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 
