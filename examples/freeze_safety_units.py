@@ -23,7 +23,8 @@ Per mode, from the same starting weights and the same seeded batches:
 * before and after: refusal / attack success / coherent attack success / degeneration on AdvBench
   rows 0..N-1, and over-refusal (refusal rate) on the held-out Alpaca instructions and on XSTest's
   safe prompts (``--n-xstest``, 250 = all; 0 skips it), both judges (keyword ``refusal_rate``, cue
-  ``refusal_rate_cue``), greedy with the chat template.
+  ``refusal_rate_cue``), greedy with the chat template
+  (``safespace_tasks.experiments.generate_replies``).
 Writes OUT/freeze_results.json and OUT/freeze_table.md.
 """
 
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prune_safety_units import eval_data_root  # noqa: E402
 
 from safespace_tasks.data import DataError, advbench_rows, alpaca_seed_rows, xstest_rows  # noqa: E402
+from safespace_tasks.experiments import chat_prompt, generate_replies  # noqa: E402
 from safespace_tasks.refusal import summarize_replies  # noqa: E402
 from safespace_tasks.capture import find_decoder_parts  # noqa: E402
 from safespace_tasks.unit_masks import load_mask, load_unit_stats  # noqa: E402
@@ -172,12 +174,6 @@ def mode_steps(steps: int, factor: float) -> int:
     return max(1, int(round(steps * factor)))
 
 
-def chat(tok, request: str) -> str:
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
-    return request + "\n"
-
-
 def alpaca_split(root: Path, n_heldout: int, seed: int):
     rows = alpaca_seed_rows(root)
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -188,7 +184,7 @@ def alpaca_split(root: Path, n_heldout: int, seed: int):
 
 
 def encode(tok, user: str, answer: str, max_length: int) -> tuple[list[int], list[int]]:
-    prompt = tok(chat(tok, user), add_special_tokens=False)["input_ids"]
+    prompt = tok(chat_prompt(tok, user), add_special_tokens=False)["input_ids"]
     reply = tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
     ids = (prompt + reply)[:max_length]
     labels = ([-100] * len(prompt) + reply)[:max_length]
@@ -228,30 +224,18 @@ def fine_tune(model, tok, examples, frozen: dict[str, torch.Tensor], *, steps: i
     return losses
 
 
-@torch.no_grad()
-def generate(model, tok, requests: list[str], new_tokens: int, batch_size: int) -> list[str]:
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    out = []
-    for i in range(0, len(requests), batch_size):
-        enc = tok([chat(tok, r) for r in requests[i:i + batch_size]], return_tensors="pt", padding=True,
-                  add_special_tokens=False)
-        ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
-
-
 SETS = (("advbench", "AdvBench"), ("alpaca_heldout", "held-out Alpaca"), ("xstest_safe", "XSTest safe"))
 
 
 def measure(model, tok, advbench: list[str], alpaca_held: list[str], new_tokens: int, batch_size: int,
             xstest_safe: list[str] | None = None) -> dict:
     """Both judges' rates on AdvBench (refusal wanted) and on the benign sets (refusal = over-refusal)."""
-    out = {"advbench": summarize_replies(generate(model, tok, advbench, new_tokens, batch_size)),
-           "alpaca_heldout": summarize_replies(generate(model, tok, alpaca_held, new_tokens, batch_size))}
+    def judged(requests: list[str]) -> dict:
+        return summarize_replies(generate_replies(model, tok, requests, new_tokens=new_tokens, batch_size=batch_size))
+
+    out = {"advbench": judged(advbench), "alpaca_heldout": judged(alpaca_held)}
     if xstest_safe:
-        out["xstest_safe"] = summarize_replies(generate(model, tok, xstest_safe, new_tokens, batch_size))
+        out["xstest_safe"] = judged(xstest_safe)
     return out
 
 

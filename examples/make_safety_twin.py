@@ -238,6 +238,8 @@ def encode_example(tok, user: str, assistant: str, max_length: int) -> tuple[lis
     The prompt (with the generation prompt) and the rest of the templated text are tokenized apart,
     so no token straddles the boundary; the response is truncated to fit ``max_length``.
     """
+    if not getattr(tok, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; this script trains on templated conversations")
     prompt = chat_prompt(tok, user)
     full = tok.apply_chat_template(
         [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], tokenize=False

@@ -14,7 +14,8 @@ Steps (all on CPU unless --device says otherwise):
    default mean-ablation (the units zeroed, their mean input over both calibration sets added back
    through their outgoing weights as a bias: the method's causal check); ``--zero-ablate`` zeroes
    them only;
-3. per variant: greedy replies (chat template, ``--max-new-tokens``) to AdvBench rows 0-99 judged by
+3. per variant: greedy replies (``safespace_tasks.experiments.generate_replies``: chat template,
+   ``--max-new-tokens``) to AdvBench rows 0-99 judged by
    :mod:`safespace_tasks.refusal` (refusal rate, attack success, degeneration), and perplexity on
    held-out neutral English text (the last ``--n-ppl`` non-toxic rows of
    multilingual_toxicity_dataset/en.jsonl, raw text) and on the Alpaca outputs that the unit
@@ -37,18 +38,13 @@ import torch
 
 from safespace_tasks import units_cli
 from safespace_tasks.ablation import ablate, calibration_means
-from safespace_tasks.data import advbench_rows, alpaca_seed_rows, resolve_data_dir
+from safespace_tasks.data import TOXICITY, advbench_rows, alpaca_seed_rows, load_rows, resolve_data_dir
+from safespace_tasks.experiments import chat_prompt, generate_replies
 from safespace_tasks.refusal import summarize_replies
 from safespace_tasks.unit_masks import UnitMask, load_mask, load_unit_stats
 from safespace_tasks.stats.units import CLASSES
 
 VARIANTS = ("none", "SCU", "random", "RU")
-
-
-def chat(tok, request: str) -> str:
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
-    return request + "\n"
 
 
 def eval_data_root(n_requests: int, data_dir: str | None) -> Path:
@@ -94,20 +90,6 @@ def load_variant(model_path: str, variant: str, mask: UnitMask, rand: UnitMask, 
 
 
 @torch.no_grad()
-def generate(model, tok, requests: list[str], new_tokens: int, batch_size: int) -> list[str]:
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    out = []
-    for i in range(0, len(requests), batch_size):
-        prompts = [chat(tok, r) for r in requests[i:i + batch_size]]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
-
-
-@torch.no_grad()
 def perplexity(model, tok, pairs: list[tuple[str, str]], max_length: int = 512) -> float:
     """exp(mean NLL) over the tokens of each pair's second part, after its first part (may be '')."""
     nll, n = 0.0, 0
@@ -125,20 +107,20 @@ def perplexity(model, tok, pairs: list[tuple[str, str]], max_length: int = 512) 
 
 
 def neutral_english(root: Path, n: int) -> list[str]:
-    rows = [json.loads(line) for line in (root / "multilingual_toxicity_dataset" / "en.jsonl").read_text().splitlines()]
-    texts = [r["text"] for r in rows if int(r["toxic"]) == 0 and str(r["text"]).strip()]
+    """The last ``n`` non-toxic, non-empty texts of the English toxicity set, in file order."""
+    texts = [r["text"] for r in load_rows(TOXICITY.hub_id, "en", root) if r["toxic"] == 0 and r["text"].strip()]
     return texts[-n:]
 
 
 def heldout_alpaca(tok, root: Path, n_calib: int, seed: int) -> list[tuple[str, str]]:
     rows = alpaca_seed_rows(root)
-    used = {r["id"] for r in units_cli._sample(rows, n_calib, seed)}  # the rows `units stats` sampled
+    used = {r["id"] for r in units_cli.sample_rows(rows, n_calib, seed)}  # the rows `units stats` sampled
     out = []
     for r in rows:
         if r["id"] in used:
             continue
         request = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
-        out.append((chat(tok, request), r["output"].strip()))
+        out.append((chat_prompt(tok, request), r["output"].strip()))
     return out
 
 
@@ -209,7 +191,7 @@ def main(argv=None) -> dict:
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         t = time.perf_counter()
         model, pruned = load_variant(args.model, variant, mask, rand, means=means, ablation=ablation)
-        replies = generate(model, tok, requests, args.max_new_tokens, args.batch_size)
+        replies = generate_replies(model, tok, requests, new_tokens=args.max_new_tokens, batch_size=args.batch_size)
         results["variants"][variant] = {
             "pruned": pruned, "judge": summarize_replies(replies),
             "ppl_neutral_en": perplexity(model, tok, neutral), "ppl_alpaca_heldout": perplexity(model, tok, alpaca),

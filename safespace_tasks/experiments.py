@@ -3,8 +3,8 @@
 Imports neither torch nor lm-eval. Today: the data mirror a script needs (:func:`require_data_dir`)
 the text normalisation by which training data are checked against evaluation data
 (:func:`normalise`, :class:`TrainEvalOverlapError`), and greedy replies through the chat template
-(:func:`chat_prompt`, :func:`generate_replies`; torch is imported when they run). The pruning and
-freezing examples still write their own chat rule and generation loop (issue 26).
+(:func:`chat_prompt`, :func:`generate_replies`; torch is imported when they run): the one chat rule
+and generation loop of the twin, pruning, freezing and XSTest-judging examples.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safespace_tasks.data import DATA_DIR_ENV
 
-__all__ = ["require_data_dir", "normalise", "TrainEvalOverlapError", "chat_prompt", "generate_replies"]
+__all__ = ["require_data_dir", "normalise", "TrainEvalOverlapError", "chat_prompt", "stop_token_ids", "generate_replies"]
 
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -54,12 +54,35 @@ class TrainEvalOverlapError(AssertionError):
 
 
 def chat_prompt(tok, user: str) -> str:
-    """``user`` as the one user turn of ``tok``'s chat template, ready for the assistant's reply (text)."""
+    """``user`` as the one user turn of ``tok``'s chat template, ready for the assistant's reply (text).
+
+    A tokenizer without a template (a base model) gets ``user + "\n"``: the rule of ``safespace units
+    stats`` and of the tasks' ``chat_template`` setting, so replies and unit statistics see one prompt.
+    """
+    if not getattr(tok, "chat_template", None):
+        return user + "\n"
     return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
 
+def stop_token_ids(model, tok) -> list[int]:
+    """The ids greedy generation stops at: the model's generation config's (one id, or a list where a
+    chat model ends its turn with a token other than the tokenizer's end of sequence) and the
+    tokenizer's end-of-sequence token. Passing the tokenizer's alone would run past such a turn."""
+    config = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [config] if isinstance(config, int) else list(config or [])
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return ids
+
+
 def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy replies to ``users`` through the chat template, batched with left padding, longest first."""
+    """Greedy replies to ``users`` through :func:`chat_prompt`, batched with left padding, longest first.
+
+    The prompts are tokenized without added special tokens (the template writes its own); a tokenizer
+    with no pad token pads with its end-of-sequence token, and its padding side is restored after.
+    Generation stops at :func:`stop_token_ids`; each reply is decoded without special tokens and
+    stripped of surrounding whitespace, in the order of ``users``.
+    """
     import torch
 
     prompts = [chat_prompt(tok, u) for u in users]
@@ -68,6 +91,7 @@ def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_siz
     side, tok.padding_side = tok.padding_side, "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    stop = stop_token_ids(model, tok)
     out: list[str | None] = [None] * len(prompts)
     try:
         for start in range(0, len(order), batch_size):
@@ -76,7 +100,7 @@ def generate_replies(model, tok, users: list[str], *, new_tokens: int, batch_siz
             with torch.no_grad():
                 gen = model.generate(
                     **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None,
+                    eos_token_id=stop or None, temperature=None, top_p=None, top_k=None,
                 )
             for row, i in enumerate(idx):
                 out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -127,12 +127,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _chat(tok, request: str, use_template: bool) -> str:
-    if use_template and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True)
-    return request + "\n"
+    """The request as the model sees it: :func:`safespace_tasks.experiments.chat_prompt` (the chat
+    template, or ``request + "\n"`` without one), or ``request + "\n"`` under ``--no-chat-template``."""
+    from safespace_tasks.experiments import chat_prompt
+
+    return chat_prompt(tok, request) if use_template else request + "\n"
 
 
-def _sample(rows: list, n: int, seed: int) -> list:
+def sample_rows(rows: list, n: int, seed: int) -> list:
+    """The ``n`` rows ``units stats`` draws with ``seed`` (the first ``n`` of a seeded permutation), in
+    file order. Public so that a script can tell which rows the statistics used."""
     import numpy as np
 
     if n > len(rows):
@@ -145,7 +149,7 @@ def safety_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None
     """(context, response) pairs of the safety set: AdvBench requests with refusals."""
     from safespace_tasks.data import safety_refusal_rows
 
-    return [(_chat(tok, r["prompt"], chat), r["response"].strip()) for r in _sample(safety_refusal_rows(data_dir), n, seed)]
+    return [(_chat(tok, r["prompt"], chat), r["response"].strip()) for r in sample_rows(safety_refusal_rows(data_dir), n, seed)]
 
 
 def utility_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=None) -> list[tuple[str, str]]:
@@ -153,7 +157,7 @@ def utility_requests(tok, n: int, seed: int = 0, chat: bool = True, data_dir=Non
     from safespace_tasks.data import alpaca_seed_rows
 
     out = []
-    for r in _sample(alpaca_seed_rows(data_dir), n, seed):
+    for r in sample_rows(alpaca_seed_rows(data_dir), n, seed):
         request = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
         out.append((_chat(tok, request, chat), r["output"].strip()))
     return out
