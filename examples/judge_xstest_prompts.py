@@ -36,17 +36,15 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from safespace_tasks.data import advbench_rows, resolve_data_dir
+    from safespace_tasks.data import advbench_rows, xstest_rows
     from safespace_tasks.experiments import generate_replies
     from safespace_tasks.refusal import is_refusal, summarize_replies
     from safespace_tasks.refusal_judge import is_refusal_cue
 
     torch.manual_seed(0)
-    root = resolve_data_dir(args.data_dir)
-    prompts = [json.loads(line) for line in (root / "xstest" / "prompts.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     sets = {"advbench": [r["goal"] for r in advbench_rows(args.data_dir)[:100]],
-            "xstest_safe": [p["prompt"] for p in prompts if p["label"] == "safe"],
-            "xstest_unsafe": [p["prompt"] for p in prompts if p["label"] == "unsafe"]}
+            "xstest_safe": [p["prompt"] for p in xstest_rows(args.data_dir, label="safe")],
+            "xstest_unsafe": [p["prompt"] for p in xstest_rows(args.data_dir, label="unsafe")]}
     if args.limit:
         sets = {k: v[: args.limit] for k, v in sets.items()}
     tok = AutoTokenizer.from_pretrained(args.model)

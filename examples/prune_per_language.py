@@ -60,11 +60,12 @@ def held_out_indices(language: str, sample_ids: set[int], limit: int, data_dir) 
 
 def units_sample_ids(units_json: dict, data_dir) -> set[int]:
     """MultiJail request ids the units run sampled (its settings: n_samples, seed; the same ids in every language)."""
-    from safespace_tasks.harness.families.units import _sample
+    from safespace_tasks.harness.families.units import sample_indices
 
     settings = units_json["settings"]
     rows = [r for r in multijail_rows("en", data_dir) if str(r["text"]).strip()]
-    return {int(rows[i]["id"]) for i in _sample(len(rows), int(settings["n_samples"]), int(settings["seed"]), "multijail")}
+    n, seed = int(settings["n_samples"]), int(settings["seed"])
+    return {int(rows[i]["id"]) for i in sample_indices(len(rows), n, seed, "multijail")}
 
 
 def paired_change(new: np.ndarray, base: np.ndarray) -> tuple[float, float]:

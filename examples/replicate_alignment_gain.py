@@ -49,6 +49,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from safespace_tasks.data import PARADETOX, TOXICITY, load_rows  # noqa: E402
 from safespace_tasks.experiments import TrainEvalOverlapError, normalise, require_data_dir  # noqa: E402
 
 FAMILIES = ("safespace_toxicity", "safespace_paradetox")
@@ -80,28 +81,13 @@ def read_paradetox_tsv(path: Path) -> list[dict]:
 
 
 def read_eval_texts(root: Path) -> dict[str, set[str]]:
-    """The normalised English evaluation texts of both families, per source file."""
-    sources = {
-        "multilingual_paradetox/en.jsonl": ("toxic_sentence", "neutral_sentence"),
-        "multilingual_toxicity_dataset/en.jsonl": ("text",),
-    }
+    """The normalised English evaluation texts of both families, per source file, read as the tasks read
+    them (:func:`safespace_tasks.data.load_rows`: a missing file or column stops with its name)."""
     out = {}
-    for rel, columns in sources.items():
-        path = root / rel
-        if not path.is_file():
-            raise SystemExit(f"missing {path}: the data mirror must hold it (the English evaluation texts)")
-        texts = set()
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                for c in columns:
-                    if c not in row:
-                        raise SystemExit(f"{path}:{lineno} lacks column {c!r}; expected {list(columns)}")
-                    if isinstance(row[c], str) and row[c].strip():
-                        texts.add(normalise(row[c]))
-        out[rel] = texts
+    for spec in (PARADETOX, TOXICITY):
+        text_columns = [c for c, kind in spec.columns.items() if kind is str]
+        out[f"{spec.folder}/en.jsonl"] = {normalise(r[c]) for r in load_rows(spec.hub_id, "en", root)
+                                          for c in text_columns if r[c].strip()}
     return out
 
 

@@ -44,14 +44,14 @@ def test_unpruned_margin_equals_an_independent_computation_on_held_out_requests(
 
     import prune_per_language
     from safespace_tasks.data import multijail_rows
-    from safespace_tasks.harness.families.units import _sample
+    from safespace_tasks.harness.families.units import sample_indices
 
     results, out = run
     assert json.loads((out / "per_language.json").read_text())["variants"].keys() == results["variants"].keys()
     tok = AutoTokenizer.from_pretrained(tiny_model_long)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_long, dtype="float32").eval()
     en = multijail_rows("en", mirror)
-    sampled = {int(en[i]["id"]) for i in _sample(len(en), N, 3, "multijail")}
+    sampled = {int(en[i]["id"]) for i in sample_indices(len(en), N, 3, "multijail")}
     for lang in ("en", "th"):
         rows = multijail_rows(lang, mirror)
         held = [r for r in rows if int(r["id"]) not in sampled][:LIMIT]

@@ -141,7 +141,9 @@ class _RankStats:
         return f"<unit statistics of {sum(len(k) for k in self.keys.values())} docs>"
 
 
-def _sample(n_rows: int, n: int, seed: int, name: str) -> np.ndarray:
+def sample_indices(n_rows: int, n: int, seed: int, name: str) -> np.ndarray:
+    """The sorted indices of the ``n`` rows (of ``n_rows`` usable ones) a units run draws with ``seed``:
+    the first ``n`` of a seeded permutation. Public so that a script can tell which rows a run used."""
     if n > n_rows:
         raise data_mod.DataError(f"{name} has {n_rows} usable rows; n_samples={n} asks for more. Lower n_samples.")
     return np.sort(np.random.default_rng(seed).permutation(n_rows)[:n])
@@ -201,7 +203,7 @@ class SafetyUnitsTask(CorpusTask):
             report.notes.append(f"{source}: {report.empty_texts} rows with an empty request or response left out")
         # MultiJail holds the same requests in every language in the same row order: the same seed
         # draws the same requests in each language
-        picked = [usable[i] for i in _sample(len(usable), s.n_samples, s.seed, source)]
+        picked = [usable[i] for i in sample_indices(len(usable), s.n_samples, s.seed, source)]
         halves = _halves(len(picked), s.seed)
         # groups nest in the halves and depend only on the sample size and seed: MultiJail languages
         # (the same request ids) get the same requests in the same groups, for the paired null
