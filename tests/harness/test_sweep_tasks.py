@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ from safespace_tasks.layer_spec import LayerSpecError, normalize_spec, resolve_s
 from safespace_tasks.states import load_states
 from safespace_tasks.stats.transfer import transfer_matrix
 
+from helpers import BIN
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SEP = ("bcv_ratio", "bhattacharyya", "silhouette", "probe_auroc")
 
 
