@@ -3,6 +3,7 @@
     python examples/freeze_safety_units.py MODEL_FOLDER --units RUN_DIR --out runs/freeze
         [--modes none,scu,scu_cu,scu_allcu] [--top-cu 0.06] [--step-factor scu_allcu=2] [--steps 30]
         [--lr 5e-5] [--batch-size 8] [--n-requests 100] [--n-xstest 250] [--max-new-tokens 64]
+    python examples/freeze_safety_units.py --table RUN_A RUN_B ... [--table-out table.md]
 
 RUN_DIR holds ``unit_stats.safetensors`` and ``mask.safetensors`` of MODEL_FOLDER (as written by
 ``examples/prune_safety_units.py`` or ``safespace units stats`` + ``safespace units mask``).
@@ -25,7 +26,9 @@ Per mode, from the same starting weights and the same seeded batches:
   safe prompts (``--n-xstest``, 250 = all; 0 skips it), both judges (keyword ``refusal_rate``, cue
   ``refusal_rate_cue``), greedy with the chat template
   (``safespace_tasks.experiments.generate_replies``).
-Writes OUT/freeze_results.json and OUT/freeze_table.md.
+Writes OUT/freeze_results.json and OUT/freeze_table.md. ``--table`` puts several runs on the same model
+(the same measures before fine-tuning, checked) into one table, e.g. the four modes beside the matched
+``--modes none --step-factor none=2`` run; a mode that occurs in two runs is labelled with its steps.
 """
 
 from __future__ import annotations
@@ -273,6 +276,54 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged_results(runs: list[dict], names: list[str] | None = None) -> dict:
+    """Several runs' results as one (for one table): their ``before`` blocks must be the same (the
+    same model, evaluation sets and settings), else the merge is refused. A mode that occurs in more
+    than one run is labelled ``<mode> (<steps> steps)``."""
+    if not runs:
+        raise SystemExit("--table: give at least one freeze_results.json")
+    names = names or [f"run {i}" for i in range(len(runs))]
+    first = runs[0]
+    for name, r in zip(names[1:], runs[1:]):
+        if r.get("before") != first.get("before") or r.get("model") != first.get("model"):
+            raise SystemExit(f"--table: {name} was measured before fine-tuning on another model or with other "
+                             f"evaluation settings than {names[0]}; only runs with the same 'before' block share a table")
+    seen: dict[str, int] = {}
+    for r in runs:
+        for mode in r["modes"]:
+            seen[mode] = seen.get(mode, 0) + 1
+    modes = {}
+    for r in runs:
+        for mode, block in r["modes"].items():
+            label = f"{mode} ({block.get('steps', '?')} steps)" if seen[mode] > 1 else mode
+            if label in modes:
+                raise SystemExit(f"--table: mode {label!r} occurs twice; give each run once")
+            modes[label] = block
+    return {"model": first.get("model"), "before": first["before"], "modes": modes}
+
+
+def table_main(argv) -> str:
+    """``--table RESULTS ... [--table-out FILE]``: one table of several runs on the same model."""
+    p = argparse.ArgumentParser(prog="freeze_safety_units.py --table",
+                                description="one freezing table of several runs (same model, same before-measures)")
+    p.add_argument("runs", nargs="+", help="freeze_results.json files or folders holding one")
+    p.add_argument("--table-out", help="write the markdown table here too")
+    args = p.parse_args(argv)
+    runs, names = [], []
+    for run in args.runs:
+        path = Path(run)
+        path = path / "freeze_results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise SystemExit(f"{run}: no freeze_results.json there")
+        runs.append(json.loads(path.read_text()))
+        names.append(str(path))
+    text = table(merged_results(runs, names))
+    if args.table_out:
+        Path(args.table_out).write_text(text)
+    print(text)
+    return text
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -301,6 +352,9 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--table":
+        return {"table": table_main(argv[1:])}
     args = parse_args(argv)
     root = eval_data_root(args.n_requests, args.data_dir)
     out, run_dir = Path(args.out), Path(args.units)

@@ -165,3 +165,31 @@ def test_missing_xstest_folder_names_it(model_dir, units_dir, tmp_path, mirror):
     with pytest.raises(SystemExit, match="xstest.*--n-xstest 0"):
         freeze.main([str(model_dir), "--units", str(units_dir), "--out", str(tmp_path / "o"), "--n-requests", "1",
                      "--data-dir", str(root), "--modes", "none"])
+
+
+def test_table_merges_runs_with_the_same_before_and_refuses_others(tmp_path):
+    def run(modes, before_refusal=0.91):
+        before = {"advbench": {"refusal_rate": before_refusal, "refusal_rate_cue": 0.89},
+                  "alpaca_heldout": {"refusal_rate": 0.15}}
+        return {"model": "twin", "before": before, "modes": {
+            m: {"selection": {"units": u}, "steps": st, "frozen_unchanged": True,
+                "after": {"advbench": {"refusal_rate": r, "refusal_rate_cue": r}, "alpaca_heldout": {"refusal_rate": 0.05}}}
+            for m, (u, st, r) in modes.items()}}
+
+    a = run({"none": (0, 30, 0.32), "scu_allcu": (900, 60, 0.40)})
+    b = run({"none": (0, 60, 0.20)})
+    for name, res in (("a", a), ("b", b), ("other", run({"scu": (5, 30, 0.5)}, before_refusal=0.5))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "freeze_results.json").write_text(json.dumps(res))
+    got = freeze.main(["--table", str(tmp_path / "a"), str(tmp_path / "b" / "freeze_results.json"),
+                       "--table-out", str(tmp_path / "t.md")])["table"]
+    assert (tmp_path / "t.md").read_text() == got
+    rows = [line for line in got.splitlines()[2:]]
+    assert [r.split(" | ")[0] for r in rows] == ["| none (30 steps)", "| scu_allcu", "| none (60 steps)"]
+    assert "| 91% → 20% (89% → 20%) |" in rows[2] and "| 900 | 60 |" in rows[1]
+    with pytest.raises(SystemExit, match="another model or with other evaluation settings"):
+        freeze.main(["--table", str(tmp_path / "a"), str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match="occurs twice"):
+        freeze.main(["--table", str(tmp_path / "a"), str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="no freeze_results.json"):
+        freeze.main(["--table", str(tmp_path / "nowhere")])
