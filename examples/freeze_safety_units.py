@@ -12,9 +12,11 @@ Per mode, from the same starting weights and the same seeded batches:
 * the frozen units: ``none``; ``scu`` (the mask's SCUs); ``scu_cu``, the paper's setting (i): the
   SCUs and the mask's complex units with the highest z_safety + z_utility, until they hold
   ``--top-cu`` (6 %) of the unit parameters; ``scu_allcu``, the paper's setting (ii): the SCUs and
-  every unit the mask labels CU;
-* steps: ``--steps`` times the mode's ``--step-factor`` (default ``scu_allcu=2``: the paper trains
-  the heavily frozen model twice as long); the first ``--steps`` batches are the same in every mode;
+  every unit the mask labels CU; and the controls ``random_scu``, ``random_scu_cu``,
+  ``random_scu_allcu`` (not run by default): as many MLP neurons and heads as that mode freezes, drawn
+  at random with ``--seed``, so a kept refusal can be told from the effect of freezing that much;
+* steps: ``--steps`` times the mode's ``--step-factor`` (default ``scu_allcu=2,random_scu_allcu=2``:
+  the paper trains the heavily frozen model twice as long); the first ``--steps`` batches are the same in every mode;
 * the frozen entries are exactly the units' own weights: an MLP neuron's gate/up rows and its
   down_proj column; a head's q rows and o_proj columns, and its k/v rows where every head sharing
   them is frozen (grouped-query attention). A gradient hook multiplies their gradient by 0, and the
@@ -54,7 +56,10 @@ from safespace_tasks.unit_masks import load_mask, load_unit_stats  # noqa: E402
 from safespace_tasks.stats.units import CLASSES, ClassSettings, analyse  # noqa: E402
 
 MODES = ("none", "scu", "scu_cu", "scu_allcu")
-DEFAULT_STEP_FACTORS = "scu_allcu=2"
+# the controls: as many MLP neurons and heads as the named mode freezes, drawn at random (seeded)
+RANDOM_MODES = tuple(f"random_{m}" for m in MODES[1:])
+ALL_MODES = MODES + RANDOM_MODES
+DEFAULT_STEP_FACTORS = "scu_allcu=2,random_scu_allcu=2"
 
 
 def _linear_rows(module: torch.nn.Module, rows) -> tuple[torch.nn.Parameter, tuple]:
@@ -109,14 +114,26 @@ def unit_entries(model: torch.nn.Module, sel_mlp: np.ndarray, sel_attn: np.ndarr
     return masks
 
 
-def frozen_selection(run_dir: Path, mode: str, top_cu: float) -> tuple[np.ndarray, np.ndarray, dict]:
+def frozen_selection(run_dir: Path, mode: str, top_cu: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Boolean (layers x neurons) and (layers x heads) arrays of the units ``mode`` freezes, and counts.
 
     The classes are the mask's; ``scu_cu`` ranks the mask's CUs by z_safety + z_utility of the unit
     statistics (the same scores the mask was cut from), so ``scu`` ⊆ ``scu_cu`` ⊆ ``scu_allcu``.
+    ``random_<mode>`` (the control): as many MLP neurons and as many heads as ``<mode>`` freezes, drawn
+    uniformly at random (``seed``); ``overlap_units`` says how many of them ``<mode>`` freezes too.
     """
-    if mode not in MODES:
-        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode not in ALL_MODES:
+        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(ALL_MODES)}")
+    if mode in RANDOM_MODES:
+        ref_mlp, ref_attn, ref = frozen_selection(run_dir, mode[len("random_"):], top_cu, seed)
+        rng = np.random.default_rng(seed)
+        sel_mlp, sel_attn = np.zeros_like(ref_mlp), np.zeros_like(ref_attn)
+        sel_mlp.flat[rng.choice(ref_mlp.size, int(ref_mlp.sum()), replace=False)] = True
+        sel_attn.flat[rng.choice(ref_attn.size, int(ref_attn.sum()), replace=False)] = True
+        info = {"matched_mode": mode[len("random_"):], "seed": seed,
+                "units": int(sel_mlp.sum() + sel_attn.sum()), "neurons": int(sel_mlp.sum()), "heads": int(sel_attn.sum()),
+                "overlap_units": int((sel_mlp & ref_mlp).sum() + (sel_attn & ref_attn).sum())}
+        return sel_mlp, sel_attn, info
     mask = load_mask(run_dir / "mask.safetensors")
     if mode == "none":
         return np.zeros_like(mask.mlp, bool), np.zeros_like(mask.attn, bool), {"units": 0}
@@ -161,8 +178,8 @@ def parse_step_factors(text: str) -> dict[str, float]:
             continue
         mode, eq, value = item.partition("=")
         mode = mode.strip()
-        if not eq or mode not in MODES:
-            raise SystemExit(f"--step-factor {item!r}: write MODE=FACTOR with MODE among {', '.join(MODES)}")
+        if not eq or mode not in ALL_MODES:
+            raise SystemExit(f"--step-factor {item!r}: write MODE=FACTOR with MODE among {', '.join(ALL_MODES)}")
         try:
             factor = float(value)
         except ValueError:
@@ -276,6 +293,34 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the settings that decide the measures before fine-tuning: a run may reuse another's only if they agree
+BEFORE_SETTINGS = ("model", "n_requests", "n_heldout", "n_xstest", "max_new_tokens", "seed", "data_dir")
+
+
+def reused_before(path: Path, args, counts: dict) -> dict:
+    """The ``before`` block of an earlier run (its freeze_results.json or folder), if that run measured
+    the same model on the same sets with the same settings (``BEFORE_SETTINGS`` and the set sizes);
+    else a clear refusal. Greedy generation makes the block the same as measuring again."""
+    path = path / "freeze_results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"--reuse-before {path}: no freeze_results.json there")
+    prev = json.loads(path.read_text())
+    old, new = prev.get("settings", {}), vars(args)
+    differ = [k for k in BEFORE_SETTINGS if old.get(k) != new.get(k)]
+    if any(prev.get("counts", {}).get(k) != v for k, v in counts.items()):
+        differ.append("counts")
+    if differ or "before" not in prev:
+        raise SystemExit(f"--reuse-before {path}: measured with other settings ({', '.join(differ) or 'no before block'}); "
+                         "run without --reuse-before to measure again")
+    return prev["before"]
+
+
+def _canonical(block) -> str:
+    """A results block as text, so equal blocks compare equal even where a rate is NaN (no reply long
+    enough to measure)."""
+    return json.dumps(block, sort_keys=True)
+
+
 def merged_results(runs: list[dict], names: list[str] | None = None) -> dict:
     """Several runs' results as one (for one table): their ``before`` blocks must be the same (the
     same model, evaluation sets and settings), else the merge is refused. A mode that occurs in more
@@ -285,7 +330,7 @@ def merged_results(runs: list[dict], names: list[str] | None = None) -> dict:
     names = names or [f"run {i}" for i in range(len(runs))]
     first = runs[0]
     for name, r in zip(names[1:], runs[1:]):
-        if r.get("before") != first.get("before") or r.get("model") != first.get("model"):
+        if _canonical(r.get("before")) != _canonical(first.get("before")) or r.get("model") != first.get("model"):
             raise SystemExit(f"--table: {name} was measured before fine-tuning on another model or with other "
                              f"evaluation settings than {names[0]}; only runs with the same 'before' block share a table")
     seen: dict[str, int] = {}
@@ -334,7 +379,7 @@ def parse_args(argv=None):
                    help="share of unit parameters of top CUs frozen in scu_cu (the paper's setting (i): 6 %%)")
     p.add_argument("--steps", type=int, default=30, help="fine-tuning steps of a mode with step factor 1")
     p.add_argument("--step-factor", default=DEFAULT_STEP_FACTORS,
-                   help="MODE=FACTOR,... : train MODE for FACTOR x --steps (default scu_allcu=2, as the paper "
+                   help="MODE=FACTOR,... : train MODE for FACTOR x --steps (default scu_allcu=2,random_scu_allcu=2, as the paper "
                         "trains the model with every CU frozen twice as long); '' = all modes --steps")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=8)
@@ -346,6 +391,8 @@ def parse_args(argv=None):
     p.add_argument("--gen-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--reuse-before", help="take the measures before fine-tuning from this earlier run "
+                   "(freeze_results.json or its folder) of the same model and settings, instead of measuring again")
     return p.parse_args(argv)
 
 
@@ -361,9 +408,9 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.model)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
+    unknown = [m for m in modes if m not in ALL_MODES]
     if unknown:
-        raise SystemExit(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        raise SystemExit(f"unknown mode(s) {unknown}; choose from {', '.join(ALL_MODES)}")
     factors = parse_step_factors(args.step_factor)
     if not 0 <= args.n_xstest <= 250:
         raise SystemExit("--n-xstest must lie in [0, 250] (XSTest has 250 safe prompts)")
@@ -374,19 +421,22 @@ def main(argv=None) -> dict:
     except DataError as err:
         raise SystemExit(f"{err} (or pass --n-xstest 0)") from None
     t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    counts = {"advbench": len(advbench), "alpaca_train": len(train), "alpaca_heldout": len(held),
+              "xstest_safe": len(xsafe)}
+    if args.reuse_before:
+        before = reused_before(Path(args.reuse_before), args, counts)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+        before = measure(base, tok, advbench, held, args.max_new_tokens, args.gen_batch_size, xsafe)
+        del base
     results = {"model": args.model, "settings": vars(args),
                "step_factors": {m: factors.get(m, 1.0) for m in modes},
-               "counts": {"advbench": len(advbench), "alpaca_train": len(train), "alpaca_heldout": len(held),
-                          "xstest_safe": len(xsafe)},
-               "before": measure(base, tok, advbench, held, args.max_new_tokens, args.gen_batch_size, xsafe),
-               "modes": {}}
-    del base
+               "counts": counts, "before": before, "modes": {}}
     for mode in modes:
         t = time.perf_counter()
         torch.manual_seed(args.seed)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        sel_mlp, sel_attn, info = frozen_selection(run_dir, mode, args.top_cu)
+        sel_mlp, sel_attn, info = frozen_selection(run_dir, mode, args.top_cu, args.seed)
         frozen = unit_entries(model, sel_mlp, sel_attn)
         params = dict(model.named_parameters())
         snapshot = {n: params[n].detach().clone() for n in frozen}

@@ -90,8 +90,27 @@ def test_modes_select_nested_unit_sets(units_dir):
         freeze.frozen_selection(units_dir, "all", top_cu=0.06)
 
 
+def test_random_modes_match_counts_and_are_seeded(units_dir):
+    """The controls freeze as many neurons and heads as the mode they match, at random; a fixed seed
+    gives the same draw, another seed another one, and the overlap with the matched set is counted."""
+    for mode in ("scu", "scu_cu", "scu_allcu"):
+        ref_m, ref_a, _ = freeze.frozen_selection(units_dir, mode, top_cu=0.06)
+        m, a, info = freeze.frozen_selection(units_dir, f"random_{mode}", top_cu=0.06, seed=3)
+        assert (m.sum(), a.sum()) == (ref_m.sum(), ref_a.sum()) == (info["neurons"], info["heads"])
+        assert info["matched_mode"] == mode and info["overlap_units"] == int((m & ref_m).sum() + (a & ref_a).sum())
+        m2, a2, _ = freeze.frozen_selection(units_dir, f"random_{mode}", top_cu=0.06, seed=3)
+        assert np.array_equal(m, m2) and np.array_equal(a, a2)
+    m, _, _ = freeze.frozen_selection(units_dir, "random_scu_cu", top_cu=0.06, seed=3)
+    other, _, _ = freeze.frozen_selection(units_dir, "random_scu_cu", top_cu=0.06, seed=4)
+    assert not np.array_equal(m, other)
+    # the SCU control is not the SCU set (a random draw of a 1 % set almost never is)
+    ref_m, ref_a, _ = freeze.frozen_selection(units_dir, "scu", top_cu=0.06)
+    rm, ra, info = freeze.frozen_selection(units_dir, "random_scu", top_cu=0.06, seed=0)
+    assert info["overlap_units"] < info["units"]
+
+
 def test_step_factors_parse_and_apply():
-    assert freeze.parse_step_factors(freeze.DEFAULT_STEP_FACTORS) == {"scu_allcu": 2.0}
+    assert freeze.parse_step_factors(freeze.DEFAULT_STEP_FACTORS) == {"scu_allcu": 2.0, "random_scu_allcu": 2.0}
     assert freeze.parse_step_factors("scu=1.5, scu_allcu=3") == {"scu": 1.5, "scu_allcu": 3.0}
     assert freeze.parse_step_factors("") == {}
     assert freeze.mode_steps(30, 2.0) == 60 and freeze.mode_steps(3, 0.1) == 1
@@ -133,6 +152,25 @@ def test_end_to_end_results_keys_steps_and_frozen_entries(model_dir, units_dir, 
     assert "over-refusal XSTest safe (cue)" in table[0] and "coherent attack success" in table[0]
     assert len(table) == 2 + 4 and table[-1].startswith("| scu_allcu |") and "| 4 |" in table[-1]
     assert res["modes"].keys() == saved["modes"].keys()
+    # a control run reuses the measures before fine-tuning; it equals measuring them again (greedy),
+    # its random units match scu_allcu's counts and train as long, and --table puts both runs together
+    common = [str(model_dir), "--units", str(units_dir), "--steps", "2", "--lr", "1e-2", "--batch-size", "2",
+              "--n-requests", "2", "--n-xstest", "3", "--n-heldout", "3", "--max-new-tokens", "3",
+              "--gen-batch-size", "3", "--data-dir", str(mirror), "--modes", "random_scu_allcu"]
+    ctl = freeze.main(common + ["--out", str(tmp_path / "ctl"), "--reuse-before", str(out)])
+    assert freeze._canonical(ctl["before"]) == freeze._canonical(saved["before"])
+    r = ctl["modes"]["random_scu_allcu"]
+    assert r["steps"] == 4 and r["frozen_unchanged"] is True
+    assert (r["selection"]["neurons"], r["selection"]["heads"]) == (
+        saved["modes"]["scu_allcu"]["selection"]["neurons"], saved["modes"]["scu_allcu"]["selection"]["heads"])
+    again = freeze.main(common + ["--out", str(tmp_path / "ctl2")])
+    assert freeze._canonical(again["before"]) == freeze._canonical(saved["before"])
+    merged = freeze.main(["--table", str(out), str(tmp_path / "ctl")])["table"].splitlines()
+    assert len(merged) == 2 + 5 and merged[-1].startswith("| random_scu_allcu |")
+    bad = list(common)
+    bad[bad.index("--n-requests") + 1] = "1"
+    with pytest.raises(SystemExit, match="other settings .*n_requests"):
+        freeze.main(bad + ["--out", str(tmp_path / "x"), "--reuse-before", str(out)])
 
 
 def test_frozen_entries_bit_identical_with_every_cu_frozen(model_dir, units_dir, mirror):
