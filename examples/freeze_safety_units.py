@@ -3,6 +3,7 @@
     python examples/freeze_safety_units.py MODEL_FOLDER --units RUN_DIR --out runs/freeze
         [--modes none,scu,scu_cu,scu_allcu] [--top-cu 0.06] [--step-factor scu_allcu=2] [--steps 30]
         [--lr 5e-5] [--batch-size 8] [--n-requests 100] [--n-xstest 250] [--max-new-tokens 64]
+        [--reuse-before EARLIER_RUN]
     python examples/freeze_safety_units.py --table RUN_A RUN_B ... [--table-out table.md]
 
 RUN_DIR holds ``unit_stats.safetensors`` and ``mask.safetensors`` of MODEL_FOLDER (as written by
