@@ -126,7 +126,7 @@ def frozen_selection(run_dir: Path, mode: str, top_cu: float, seed: int = 0) -> 
     if mode not in ALL_MODES:
         raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(ALL_MODES)}")
     if mode in RANDOM_MODES:
-        ref_mlp, ref_attn, ref = frozen_selection(run_dir, mode[len("random_"):], top_cu, seed)
+        ref_mlp, ref_attn, _ = frozen_selection(run_dir, mode[len("random_"):], top_cu, seed)
         rng = np.random.default_rng(seed)
         sel_mlp, sel_attn = np.zeros_like(ref_mlp), np.zeros_like(ref_attn)
         sel_mlp.flat[rng.choice(ref_mlp.size, int(ref_mlp.sum()), replace=False)] = True
